@@ -1,0 +1,32 @@
+# Two commands do all set-up on a fresh machine:
+#   make quickstart   fit, condition, sample, print summary statistics, save a pairplot
+#   make test         run the test suite
+# Both create .venv (Python >= 3.10) and install what they need into it.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# torch: the range in pyproject.toml. TORCH_SPEC picks the build; the default is the small CPU
+# build where the package index has it, else any release in the range.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: quickstart test bench-seed clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)" || $(PY) -m pip install --quiet "torch>=2.2,<3"
+	$(PY) -m pip install --quiet -e ".[test,plot]"
+	touch $@
+
+quickstart: $(VENV)/.installed
+	$(PY) examples/quickstart.py
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench-seed: $(VENV)/.installed
+	$(PY) benchmarks/seed_task.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,219 @@
+"""Columns, variables and tokens: the one place where masks are normalised and validated.
+
+A *column* is one scalar of the joint vector and becomes one token of the network. A *variable*
+is a group of columns that masks address as one unit (all of theta, say). Masks may be given per
+variable or per column; :class:`Layout` expands variable masks to column masks here and nowhere
+else, and names the expected shapes in its errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = ["Layout"]
+
+
+def _as_bool_array(mask, what: str) -> np.ndarray:
+    if isinstance(mask, torch.Tensor):
+        mask = mask.detach().cpu().numpy()
+    try:
+        arr = np.asarray(mask)
+    except Exception as err:  # ragged lists and the like
+        raise ValueError(f"{what} must be an array of booleans; got {mask!r}.") from err
+    if arr.dtype == object:
+        raise ValueError(f"{what} must be an array of booleans; got {mask!r}.")
+    if arr.dtype != bool:
+        if arr.size and not np.isin(arr, (0, 1)).all():
+            raise ValueError(f"{what} must hold booleans (or 0 / 1); got values {np.unique(arr)}.")
+        arr = arr.astype(bool)
+    return arr
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How the columns of the joint vector group into variables.
+
+    Parameters
+    ----------
+    groups : tuple of tuple of int
+        For each variable, the indexes of its columns. Together they partition the columns.
+    names : tuple of str
+        One name per variable.
+    """
+
+    groups: tuple[tuple[int, ...], ...]
+    names: tuple[str, ...]
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_spec(
+        cls, n_columns: int, variables=None, names: Sequence[str] | None = None
+    ) -> Layout:
+        """Build a layout for ``n_columns`` from the ``variables`` parameter.
+
+        ``variables`` is None (one variable per column), a list of sizes of consecutive groups
+        (``[3, 3]``), or a list of lists of column indexes that together cover every column once
+        (``[[0, 2], [1, 3]]``).
+        """
+        if variables is None:
+            groups = tuple((j,) for j in range(n_columns))
+        else:
+            if isinstance(variables, (str, bytes)) or not isinstance(variables, Sequence):
+                raise ValueError(
+                    "variables must be None, a list of group sizes or a list of lists of column "
+                    f"indexes; got {variables!r}."
+                )
+            if len(variables) == 0:
+                raise ValueError("variables must name at least one variable; got an empty list.")
+            if all(isinstance(v, (int, np.integer)) for v in variables):
+                sizes = [int(v) for v in variables]
+                if min(sizes) < 1 or sum(sizes) != n_columns:
+                    raise ValueError(
+                        f"variables as group sizes must be positive and sum to the number of "
+                        f"columns ({n_columns}); got {sizes} (sum {sum(sizes)})."
+                    )
+                edges = np.cumsum([0, *sizes])
+                groups = tuple(tuple(range(a, b)) for a, b in zip(edges[:-1], edges[1:]))
+            else:
+                try:
+                    groups = tuple(tuple(int(c) for c in g) for g in variables)
+                except TypeError as err:
+                    raise ValueError(
+                        "variables must be a list of sizes or a list of lists of column indexes; "
+                        f"got {variables!r}."
+                    ) from err
+                flat = sorted(c for g in groups for c in g)
+                if any(len(g) == 0 for g in groups) or flat != list(range(n_columns)):
+                    raise ValueError(
+                        "variables as lists of column indexes must cover each of the "
+                        f"{n_columns} columns exactly once; got {variables!r}."
+                    )
+        if names is None:
+            names = tuple(f"v{i}" for i in range(len(groups)))
+        names = tuple(str(n) for n in names)
+        if len(names) != len(groups):
+            raise ValueError(f"{len(groups)} variables but {len(names)} names.")
+        return cls(groups=groups, names=names)
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def n_variables(self) -> int:
+        return len(self.groups)
+
+    @property
+    def n_columns(self) -> int:
+        return sum(len(g) for g in self.groups)
+
+    @property
+    def column_variable(self) -> np.ndarray:
+        """For each column, the index of its variable: int array of shape (n_columns,)."""
+        out = np.empty(self.n_columns, dtype=np.int64)
+        for v, g in enumerate(self.groups):
+            out[list(g)] = v
+        return out
+
+    @property
+    def column_names(self) -> list[str]:
+        """One name per column: the variable name, with ``[k]`` for multi-column variables."""
+        out = [""] * self.n_columns
+        for name, g in zip(self.names, self.groups):
+            for k, c in enumerate(g):
+                out[c] = name if len(g) == 1 else f"{name}[{k}]"
+        return out
+
+    def to_dict(self) -> dict:
+        return {"groups": [list(g) for g in self.groups], "names": list(self.names)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Layout:
+        return cls(groups=tuple(tuple(int(c) for c in g) for g in d["groups"]),
+                   names=tuple(str(n) for n in d["names"]))
+
+    # ------------------------------------------------------------------ inference-time masks
+    def condition_columns(self, condition_mask) -> np.ndarray:
+        """Normalise one condition mask (True = observed) to a column mask of shape (n_columns,).
+
+        Accepts one entry per variable or one per column. Raises ``ValueError`` for any other
+        length, for non-boolean values, and when nothing is left latent.
+        """
+        arr = _as_bool_array(condition_mask, "condition_mask").reshape(-1)
+        V, T = self.n_variables, self.n_columns
+        if arr.shape[0] == V:
+            cols = arr[self.column_variable]
+        elif arr.shape[0] == T:
+            cols = arr
+        else:
+            expected = f"{V} (one per variable)" + (f" or {T} (one per column)" if T != V else "")
+            raise ValueError(
+                f"condition_mask must have length {expected}; got length {arr.shape[0]}."
+            )
+        if cols.all():
+            raise ValueError(
+                "condition_mask marks every variable as observed (True); at least one must be "
+                "latent (False) to have something to sample."
+            )
+        return cols
+
+    def edge_columns(self, edge_mask) -> np.ndarray | None:
+        """Normalise one edge mask to a column matrix of shape (n_columns, n_columns), or None.
+
+        ``edge_mask[i, j]`` True lets token i attend to token j; the diagonal is always set.
+        """
+        if edge_mask is None:
+            return None
+        arr = _as_bool_array(edge_mask, "edge_mask")
+        V, T = self.n_variables, self.n_columns
+        if arr.shape == (V, V):
+            c2v = self.column_variable
+            arr = arr[np.ix_(c2v, c2v)]
+        elif arr.shape != (T, T):
+            expected = f"({V}, {V})" + (f" or ({T}, {T})" if T != V else "")
+            raise ValueError(f"edge_mask must have shape {expected}; got {arr.shape}.")
+        arr = arr.copy()
+        np.fill_diagonal(arr, True)
+        return arr
+
+    def variable_indexes(self, idx, what: str) -> list[int]:
+        """Validate a list of variable indexes (e.g. ``posterior_latent``)."""
+        if isinstance(idx, (int, np.integer)):
+            idx = [int(idx)]
+        try:
+            out = [int(i) for i in idx]
+        except TypeError as err:
+            raise ValueError(f"{what} must be a list of variable indexes; got {idx!r}.") from err
+        bad = [i for i in out if not -self.n_variables <= i < self.n_variables]
+        if bad:
+            raise ValueError(
+                f"{what} holds indexes {bad} outside the {self.n_variables} variables."
+            )
+        return [i % self.n_variables for i in out]
+
+    # ------------------------------------------------------------------ training-time masks
+    def condition_batch(self, masks: torch.Tensor) -> torch.Tensor:
+        """Expand (batch, n_variables) or (batch, n_columns) bool masks to column masks."""
+        if masks.shape[-1] == self.n_variables:
+            return masks[:, torch.as_tensor(self.column_variable, device=masks.device)]
+        if masks.shape[-1] == self.n_columns:
+            return masks
+        raise ValueError(
+            f"condition masks must have {self.n_variables} (variables) or {self.n_columns} "
+            f"(columns) entries per sample; got shape {tuple(masks.shape)}."
+        )
+
+    def edge_batch(self, masks: torch.Tensor) -> torch.Tensor:
+        """Expand (batch, V, V) or (batch, T, T) bool edge masks to column matrices, diag set."""
+        V, T = self.n_variables, self.n_columns
+        if masks.shape[-2:] == (V, V):
+            c2v = torch.as_tensor(self.column_variable, device=masks.device)
+            masks = masks[:, c2v][:, :, c2v]
+        elif masks.shape[-2:] != (T, T):
+            raise ValueError(
+                f"edge masks must have shape (batch, {V}, {V}) or (batch, {T}, {T}); "
+                f"got {tuple(masks.shape)}."
+            )
+        eye = torch.eye(T, dtype=torch.bool, device=masks.device)
+        return masks | eye

@@ -1,0 +1,55 @@
+"""Shared pytest configuration: the ``--device`` option, the ``device`` fixture, markers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+_DEVICE_KEY = pytest.StashKey[torch.device]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--device",
+        action="store",
+        default="cpu",
+        help="torch device the tests run on: 'cpu' (default), 'cuda' or 'cuda:<index>'.",
+    )
+
+
+def _parse_device(spec: str) -> torch.device:
+    """Turn the ``--device`` value into a usable device, or raise ``pytest.UsageError``."""
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise pytest.UsageError(
+            f"--device must be 'cpu', 'cuda' or 'cuda:<index>'; got {spec!r} ({err})."
+        ) from err
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise pytest.UsageError(
+                f"--device={spec} was requested but CUDA is not available on this machine "
+                f"(torch {torch.__version__}, built with CUDA {torch.version.cuda}). "
+                "Run with --device=cpu."
+            )
+        index = 0 if dev.index is None else dev.index
+        if index >= torch.cuda.device_count():
+            raise pytest.UsageError(
+                f"--device={spec} was requested but only {torch.cuda.device_count()} CUDA "
+                "device(s) are visible."
+            )
+        dev = torch.device("cuda", index)
+    elif dev.type != "cpu":
+        raise pytest.UsageError(f"--device must be 'cpu' or a CUDA device; got {spec!r}.")
+    return dev
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: a slow test (deselect with -m 'not slow').")
+    config.stash[_DEVICE_KEY] = _parse_device(config.getoption("--device"))
+
+
+@pytest.fixture(scope="session")
+def device(pytestconfig: pytest.Config) -> torch.device:
+    """The torch device chosen with ``--device`` (default: the CPU)."""
+    return pytestconfig.stash[_DEVICE_KEY]

@@ -1,0 +1,449 @@
+"""Tests for :mod:`skformer.masks`: training-time condition and edge mask samplers.
+
+Statistical checks use a fixed-seed ``torch.Generator`` and ``N_DRAWS`` samples, so they are
+deterministic; each tolerance is stated next to the standard error it covers.
+"""
+
+from __future__ import annotations
+
+import itertools
+from math import comb
+
+import numpy as np
+import pytest
+import torch
+
+from skformer.layout import Layout
+from skformer.masks import CONDITION_MASK_NAMES, _fix_all_observed, condition_sampler, edge_sampler
+
+N_DRAWS = 20_000
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture
+def layout() -> Layout:
+    """Three variables over five columns: (0, 1), (2,), (3, 4)."""
+    return Layout.from_spec(5, [2, 1, 2], names=["theta", "s", "x"])
+
+
+def _rows_as_tuples(masks: torch.Tensor) -> list[tuple[bool, ...]]:
+    return [tuple(bool(v) for v in row) for row in masks.tolist()]
+
+
+# ---------------------------------------------------------------------------- named samplers
+
+
+def test_condition_mask_names():
+    assert set(CONDITION_MASK_NAMES) == {"bernoulli", "structured"}
+
+
+@pytest.mark.parametrize("name", CONDITION_MASK_NAMES)
+@pytest.mark.parametrize("n", [1, 7, 64])
+def test_named_sampler_shape_and_dtype(layout, name, n):
+    sample = condition_sampler(name, layout, [0], [1, 2])
+    masks = sample(_gen(), n)
+    assert isinstance(masks, torch.Tensor)
+    assert masks.dtype == torch.bool
+    assert masks.shape == (n, layout.n_variables)
+    assert masks.device.type == "cpu"
+    assert layout.condition_batch(masks).shape == (n, layout.n_columns)
+
+
+@pytest.mark.parametrize("name", CONDITION_MASK_NAMES)
+def test_samplers_leave_global_rng_alone(layout, name):
+    state = torch.get_rng_state()
+    condition_sampler(name, layout, [0], [1, 2])(_gen(), 1000)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+@pytest.mark.parametrize("n_vars", [1, 2, 4, 7])
+def test_bernoulli_never_all_observed(n_vars):
+    layout = Layout.from_spec(n_vars)
+    masks = condition_sampler("bernoulli", layout, [0], [])(_gen(1), N_DRAWS)
+    assert not masks.all(dim=1).any()
+
+
+@pytest.mark.parametrize("n_vars", [2, 4, 7])
+def test_bernoulli_observed_rate(n_vars):
+    """Observed rate is 0.5 less the all-observed fix: 0.5 - 2**-V / V.
+
+    Standard error of the overall rate <= sqrt(0.25 / (N * V)) <= 0.0025; tolerance 0.01.
+    Per variable the standard error is sqrt(0.25 / N) ~ 0.0035; tolerance 0.02.
+    """
+    layout = Layout.from_spec(n_vars)
+    masks = condition_sampler("bernoulli", layout, [0], [])(_gen(2), N_DRAWS)
+    expected = 0.5 - 2.0**-n_vars / n_vars
+    assert abs(masks.float().mean().item() - expected) < 0.01
+    per_var = masks.float().mean(dim=0)
+    assert (per_var - expected).abs().max().item() < 0.02
+    assert abs(masks.float().mean().item() - 0.5) < 0.26  # "near 0.5" even for V = 2 (0.375)
+
+
+def test_bernoulli_count_distribution():
+    """Rows with V - 1 observed get the fixed all-observed rows too: (V + 1) / 2**V.
+
+    For V = 4 that is 5 / 16 = 0.3125; standard error ~ 0.0033, tolerance 0.015.
+    """
+    V = 4
+    masks = condition_sampler("bernoulli", Layout.from_spec(V), [0], [])(_gen(3), N_DRAWS)
+    counts = np.bincount(masks.sum(dim=1).numpy(), minlength=V + 1) / N_DRAWS
+    assert counts[V] == 0
+    assert abs(counts[V - 1] - (V + 1) / 2**V) < 0.015
+    for k in range(V - 1):
+        assert abs(counts[k] - comb(V, k) / 2**V) < 0.015
+
+
+# ---------------------------------------------------------------------------- all-observed fix
+
+
+@pytest.mark.parametrize("n_vars", [1, 2, 5])
+def test_fix_all_observed_flips_exactly_one(n_vars):
+    raw = torch.rand(500, n_vars, generator=_gen(4)) < 0.7
+    raw[::3] = True  # make sure there are plenty of full rows
+    full = raw.all(dim=1)
+    fixed = _fix_all_observed(raw.clone(), _gen(5))
+    assert fixed.dtype == torch.bool and fixed.shape == raw.shape
+    assert torch.equal(fixed[~full], raw[~full])
+    assert (fixed[full].sum(dim=1) == n_vars - 1).all()
+    assert not fixed.all(dim=1).any()
+    assert not (fixed & ~raw).any()  # only True -> False flips
+
+
+def test_fix_all_observed_no_full_rows_is_identity():
+    raw = torch.tensor([[True, False, True], [False, False, False]])
+    state = _gen(6).get_state()
+    gen = _gen(6)
+    assert torch.equal(_fix_all_observed(raw, gen), raw)
+    assert torch.equal(gen.get_state(), state)  # no draw when nothing needs fixing
+
+
+def test_fix_all_observed_picks_uniformly():
+    """Each of V = 4 positions is flipped with probability 1/4; SE ~ 0.003, tolerance 0.015."""
+    fixed = _fix_all_observed(torch.ones(N_DRAWS, 4, dtype=torch.bool), _gen(7))
+    rates = (~fixed).float().mean(dim=0)
+    assert torch.allclose(rates, torch.full((4,), 0.25), atol=0.015)
+
+
+# ---------------------------------------------------------------------------- structured
+
+
+def _bernoulli_pattern_prob(pattern: tuple[bool, ...], p: float) -> float:
+    """P(a Bernoulli(p) draw, after the all-observed fix, equals ``pattern``)."""
+    V, k = len(pattern), sum(pattern)
+    if k == V:
+        return 0.0
+    prob = p**k * (1 - p) ** (V - k)
+    if k == V - 1:
+        prob += p**V / V
+    return prob
+
+
+@pytest.mark.parametrize(
+    ("n_vars", "latent", "observed", "max_extra"),
+    [(6, [0, 1], [2, 3, 4, 5], 0.025), (5, [4], [0, 2], 0.04), (3, [0], [1, 2], 0.08)],
+)
+def test_structured_frequencies(n_vars, latent, observed, max_extra):
+    """Joint, posterior and likelihood masks each come up 1/5 of the time.
+
+    A Bernoulli(0.3) or (0.7) draw can coincide with one of them, so the exact expectation is
+    1/5 plus that term (at most ``max_extra``, smaller for more variables); the frequencies of
+    all 2**V patterns are compared with the exact expectation. Every pattern's standard error
+    is <= sqrt(0.25 * 0.75 / N) ~ 0.0031; tolerance 0.015.
+    """
+    layout = Layout.from_spec(n_vars)
+    masks = condition_sampler("structured", layout, latent, observed)(_gen(8), N_DRAWS)
+    assert not masks.all(dim=1).any()
+
+    joint = tuple([False] * n_vars)
+    posterior = tuple(v in observed for v in range(n_vars))
+    likelihood = tuple(v in latent for v in range(n_vars))
+    special = {joint, posterior, likelihood}
+    assert len(special) == 3
+
+    def expected(pattern):
+        bern = sum(_bernoulli_pattern_prob(pattern, p) for p in (0.3, 0.7))
+        return ((pattern in special) + bern) / 5
+
+    patterns = list(itertools.product([False, True], repeat=n_vars))
+    assert abs(sum(expected(p) for p in patterns) - 1.0) < 1e-12  # the model is a distribution
+
+    counts: dict[tuple[bool, ...], int] = {}
+    for row in _rows_as_tuples(masks):
+        counts[row] = counts.get(row, 0) + 1
+    for pattern in special:
+        assert 0.2 <= expected(pattern) <= 0.2 + max_extra  # "roughly 1/5"
+        assert abs(counts.get(pattern, 0) / N_DRAWS - expected(pattern)) < 0.015
+    worst = max(abs(counts.get(p, 0) / N_DRAWS - expected(p)) for p in patterns)
+    assert worst < 0.015
+
+
+def test_structured_observed_rate():
+    """Mean observed rate of the mixture; SE < 0.002, tolerance 0.008."""
+    V, latent, observed = 6, [0, 1], [2, 3, 4, 5]
+    masks = condition_sampler("structured", Layout.from_spec(V), latent, observed)(
+        _gen(9), N_DRAWS
+    )
+    fixed_rate = (0 + len(observed) / V + len(latent) / V) / 5
+    bern_rate = sum(p - p**V / V for p in (0.3, 0.7)) / 5
+    assert abs(masks.float().mean().item() - (fixed_rate + bern_rate)) < 0.008
+
+
+# ---------------------------------------------------------------------------- collections
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        [[True, False, False], [False, True, True], [True, True, False]],
+        np.array([[1, 0, 0], [0, 1, 1], [1, 1, 0]]),
+        torch.tensor([[True, False, False], [False, True, True], [True, True, False]]),
+        {(True, False, False), (False, True, True), (True, True, False)},
+        (np.array([1, 0, 0]), [0, 1, 1], torch.tensor([1, 1, 0])),
+    ],
+    ids=["lists", "ndarray", "tensor", "set", "mixed-tuple"],
+)
+def test_collection_draws_given_masks_uniformly(layout, spec):
+    """Three masks, each drawn with probability 1/3; SE ~ 0.0033, tolerance 0.015."""
+    given = [(True, False, False), (False, True, True), (True, True, False)]
+    given_cols = {tuple(layout.condition_columns(m).tolist()): i for i, m in enumerate(given)}
+    masks = condition_sampler(spec, layout, [0], [1, 2])(_gen(10), N_DRAWS)
+    assert masks.dtype == torch.bool
+    assert masks.shape[0] == N_DRAWS
+    assert masks.shape[1] in (layout.n_variables, layout.n_columns)
+    cols = layout.condition_batch(masks)
+    assert cols.shape == (N_DRAWS, layout.n_columns)
+    which = [given_cols.get(row, -1) for row in _rows_as_tuples(cols)]
+    freq = np.bincount(np.array(which) + 1, minlength=4) / N_DRAWS
+    assert freq[0] == 0  # nothing outside the collection
+    np.testing.assert_allclose(freq[1:], 1 / 3, atol=0.015)
+
+
+def test_collection_of_column_masks(layout):
+    spec = [[1, 0, 1, 0, 0], [0, 0, 0, 1, 1]]
+    masks = condition_sampler(spec, layout, [0], [1, 2])(_gen(11), 2000)
+    cols = layout.condition_batch(masks)
+    rows = set(_rows_as_tuples(cols))
+    assert rows == {tuple(bool(v) for v in m) for m in spec}
+
+
+@pytest.mark.parametrize("n_masks", [1, 2])
+def test_collection_survives_condition_batch_with_reordered_single_column_variables(n_masks):
+    # e.g. a DataFrame with columns ["x", "theta"] and variables={"theta": ["theta"], "x": ["x"]}
+    layout = Layout.from_spec(3, [[2], [0], [1]], names=["theta", "x", "y"])
+    given = [[False, True, True], [False, False, True]][:n_masks]
+    masks = condition_sampler(given, layout, [0], [1, 2])(_gen(16), 200)
+    rows = set(_rows_as_tuples(layout.condition_batch(masks)))
+    assert rows == {tuple(layout.condition_columns(m).tolist()) for m in given}
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [[False, True, True], np.array([0, 1, 1]), [[False, True, True]], (0, 1, 1)],
+    ids=["list", "ndarray", "nested", "tuple"],
+)
+def test_fixed_mask(layout, spec):
+    masks = condition_sampler(spec, layout, [0], [1, 2])(_gen(12), 50)
+    cols = layout.condition_batch(masks)
+    expected = torch.as_tensor(layout.condition_columns([False, True, True]))
+    assert cols.shape == (50, layout.n_columns)
+    assert (cols == expected).all()
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ([[True, False, False], [True, True, True]], r"at least one must be latent"),
+        ([True, True, True], r"at least one must be latent"),
+        ([[1, 0, 1, 1, 1], [1, 1, 1, 1, 1]], r"at least one must be latent"),
+        ([[True, False], [False, True]], r"length 3 \(one per variable\) or 5"),
+        ([[True, False, False], [True, False]], r"all masks in the collection need one shape"),
+        (np.zeros((2, 2, 3), dtype=bool), r"shape \(3,\) or \(n_masks, 3\)"),
+        ([[0, 2, 0]], r"must hold booleans"),
+        ("uniform", r"must be one of \('bernoulli', 'structured'\).*'uniform'"),
+        ("Bernoulli", r"got the string 'Bernoulli'"),
+        ("", r"got the string ''"),
+        (None, r"must be an array of booleans"),
+        (True, r"condition_masks as masks must have shape"),
+    ],
+)
+def test_condition_sampler_invalid(layout, spec, match):
+    with pytest.raises(ValueError, match=match):
+        condition_sampler(spec, layout, [0], [1, 2])
+
+
+# ---------------------------------------------------------------------------- callables
+
+
+def test_callable_receives_generator_and_n(layout):
+    calls = []
+
+    def fn(gen, n):
+        calls.append((gen, n))
+        return torch.rand(n, 3, generator=gen) < 0.5
+
+    gen = _gen(13)
+    masks = condition_sampler(fn, layout, [0], [1, 2])(gen, 9)
+    assert calls == [(gen, 9)]
+    assert masks.shape == (9, 3) and masks.dtype == torch.bool
+
+
+@pytest.mark.parametrize(
+    "ret",
+    [
+        lambda n: np.tile([True, False, False], (n, 1)),
+        lambda n: torch.tensor([[1, 0, 0]] * n),
+        lambda n: [True, False, False],
+        lambda n: np.tile([1, 1, 0, 0, 0], (n, 1)),
+    ],
+    ids=["ndarray", "int-tensor", "one-mask", "columns"],
+)
+def test_callable_outputs_are_normalised(layout, ret):
+    masks = condition_sampler(lambda g, n: ret(n), layout, [0], [1, 2])(_gen(), 6)
+    assert masks.dtype == torch.bool
+    assert masks.shape[0] == 6
+    cols = layout.condition_batch(masks)
+    assert (cols == torch.tensor([True, True, False, False, False])).all()
+
+
+@pytest.mark.parametrize(
+    ("ret", "match"),
+    [
+        (lambda n: np.ones((n, 4), dtype=bool), r"shape \(n, 3\) for n=6; got shape \(6, 4\)"),
+        (lambda n: np.ones((n + 1, 3), dtype=bool), r"got shape \(7, 3\)"),
+        (lambda n: np.ones((n, 3, 1), dtype=bool), r"got shape \(6, 3, 1\)"),
+        (lambda n: np.ones(2, dtype=bool), r"got shape \(6, 2\)"),
+        (lambda n: np.full((n, 3), 5), r"must hold booleans"),
+        (lambda n: None, r"must be an array of booleans"),
+    ],
+)
+def test_callable_bad_output(layout, ret, match):
+    sample = condition_sampler(lambda g, n: ret(n), layout, [0], [1, 2])
+    with pytest.raises(ValueError, match=match):
+        sample(_gen(), 6)
+
+
+# ---------------------------------------------------------------------------- edge samplers
+
+
+def _cond(layout: Layout, n: int) -> torch.Tensor:
+    return torch.rand(n, layout.n_variables, generator=_gen(14)) < 0.5
+
+
+def test_edge_sampler_none(layout):
+    assert edge_sampler(None, layout) is None
+
+
+@pytest.mark.parametrize("level", ["variables", "columns"])
+def test_edge_sampler_fixed(layout, level):
+    vv = np.array([[1, 0, 0], [1, 1, 0], [1, 1, 1]], dtype=bool)  # causal over variables
+    c2v = layout.column_variable
+    spec = vv if level == "variables" else vv[np.ix_(c2v, c2v)]
+    sample = edge_sampler(spec, layout)
+    out = sample(_gen(), _cond(layout, 8))
+    expected = torch.as_tensor(layout.edge_columns(vv))
+    assert out.dtype == torch.bool
+    assert out.shape == (8, 5, 5)
+    assert (out == expected).all()
+    assert out[:, torch.arange(5), torch.arange(5)].all()
+
+
+def test_edge_sampler_fixed_forces_diagonal(layout):
+    out = edge_sampler(np.zeros((3, 3), dtype=bool), layout)(_gen(), _cond(layout, 4))
+    assert out.shape == (4, 5, 5)
+    # the column diagonal is set, nothing else (not even the other column of the same variable)
+    assert (out == torch.eye(5, dtype=torch.bool)).all()
+
+
+def test_edge_sampler_collection(layout):
+    """Two matrices, each drawn with probability 1/2; SE ~ 0.0035, tolerance 0.015."""
+    a = np.ones((3, 3), dtype=bool)
+    b = np.eye(3, dtype=bool)
+    sample = edge_sampler([a, b], layout)
+    out = sample(_gen(15), _cond(layout, N_DRAWS))
+    assert out.shape == (N_DRAWS, 5, 5) and out.dtype == torch.bool
+    ca, cb = (torch.as_tensor(layout.edge_columns(m)) for m in (a, b))
+    is_a = (out == ca).flatten(1).all(dim=1)
+    is_b = (out == cb).flatten(1).all(dim=1)
+    assert (is_a ^ is_b).all()
+    assert abs(is_a.float().mean().item() - 0.5) < 0.015
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        (np.ones((4, 4)), r"edge_mask must have shape \(3, 3\) or \(5, 5\); got \(4, 4\)"),
+        (np.ones((2, 2, 3, 3)), r"edge_masks must be None, a \(V, V\) matrix"),
+        (np.ones(3), r"edge_masks must be None, a \(V, V\) matrix"),
+        ([np.ones((3, 3)), np.ones((5, 5))], r"all masks in the collection need one shape"),
+        (np.full((3, 3), 2), r"must hold booleans"),
+    ],
+)
+def test_edge_sampler_invalid(layout, spec, match):
+    with pytest.raises(ValueError, match=match):
+        edge_sampler(spec, layout)
+
+
+@pytest.mark.parametrize("per_sample", [True, False])
+def test_edge_sampler_callable(layout, per_sample):
+    seen = []
+
+    def fn(cond):
+        seen.append(cond)
+        # each latent variable only attends to itself and observed variables
+        vv = cond[:, None, :].expand(-1, 3, -1).clone()
+        return vv if per_sample else vv[0].numpy()
+
+    cond = _cond(layout, 10)
+    out = edge_sampler(fn, layout)(_gen(), cond)
+    assert len(seen) == 1 and seen[0] is cond
+    assert out.shape == (10, 5, 5) and out.dtype == torch.bool
+    for b in range(10):
+        vv = cond[b if per_sample else 0][None, :].expand(3, -1).numpy()
+        np.testing.assert_array_equal(out[b].numpy(), layout.edge_columns(vv))
+
+
+@pytest.mark.parametrize(
+    ("ret", "match"),
+    [
+        (lambda c: np.ones((c.shape[0] + 1, 3, 3)), r"shape \(n, V, V\) or \(V, V\); got"),
+        (lambda c: np.ones(3), r"got shape \(3,\)"),
+        (lambda c: np.ones((c.shape[0], 4, 4)), r"edge masks must have shape \(batch, 3, 3\)"),
+        (lambda c: np.full((3, 3), 7), r"must hold booleans"),
+    ],
+)
+def test_edge_sampler_callable_bad_output(layout, ret, match):
+    sample = edge_sampler(ret, layout)
+    with pytest.raises(ValueError, match=match):
+        sample(_gen(), _cond(layout, 4))
+
+
+# ---------------------------------------------------------------------------- determinism
+
+
+CONDITION_SPECS = {
+    "bernoulli": "bernoulli",
+    "structured": "structured",
+    "collection": [[True, False, False], [False, True, True], [False, False, True]],
+    "callable": lambda g, n: torch.rand(n, 3, generator=g) < 0.4,
+}
+
+
+@pytest.mark.parametrize("name", list(CONDITION_SPECS))
+def test_condition_sampler_deterministic(layout, name):
+    sample = condition_sampler(CONDITION_SPECS[name], layout, [0], [1, 2])
+    a = sample(_gen(21), 256)
+    b = sample(_gen(21), 256)
+    c = sample(_gen(22), 256)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)  # the generator is really what drives the draws
+
+
+def test_edge_sampler_deterministic(layout):
+    sample = edge_sampler([np.ones((3, 3)), np.eye(3), np.tril(np.ones((3, 3)))], layout)
+    cond = _cond(layout, 256)
+    a, b, c = sample(_gen(23), cond), sample(_gen(23), cond), sample(_gen(24), cond)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
