@@ -6,6 +6,7 @@ from skformer.compat import BoxUniform, FlowMatchingSimformer, Simformer
 from skformer.conditional import Conditional
 from skformer.estimator import SimformerEstimator
 from skformer.layout import Layout
+from skformer.persistence import SkformerVersionWarning, load, save
 from skformer.plot import pairplot, plot_loss
 
 __all__ = [
@@ -17,5 +18,8 @@ __all__ = [
     "BoxUniform",
     "pairplot",
     "plot_loss",
+    "save",
+    "load",
+    "SkformerVersionWarning",
     "__version__",
 ]

@@ -158,7 +158,7 @@ def _architecture(network: torch.nn.Module, params: Mapping[str, Any]) -> dict[s
     blocks = getattr(network, "blocks", None)
     value = getattr(network, "value", None)
     return {
-        "n_tokens": int(getattr(network, "n_tokens")),
+        "n_tokens": int(network.n_tokens),
         "d_model": int(value.out_features if value is not None else params["d_model"]),
         "n_layers": int(len(blocks) if blocks is not None else params["n_layers"]),
         "n_heads": int(blocks[0].n_heads if blocks else params["n_heads"]),
@@ -306,24 +306,25 @@ class PersistenceMixin:
         _check_version(state.pop("_skformer_version", None), type(self).__name__)
         network = state.pop("network_", None)
         dynamics = state.pop("dynamics_", None)
-        state.pop("device_", None)  # recomputed below: where the network lands here
+        device = state.pop("device_", None)  # recomputed below when there is a network
         parent = getattr(super(), "__setstate__", None)
         if parent is not None:
             parent(state)  # BaseEstimator's: checks _sklearn_version, fills __dict__
         else:
             self.__dict__.update(state)
-        if network is None:
-            return
-        device = resolve_device(getattr(self, "device", "auto"))
-        if _is_network_state(network):
-            network = _build_network(network["architecture"], network["state_dict"], device)
-        else:  # a module pickled as is (by an older skformer): just move it
-            network = network.to(device).eval()
         if isinstance(dynamics, dict) and dynamics.get("__skformer__") == "dynamics":
             dynamics = _build_dynamics(dynamics)
-        self.network_ = network
-        self.dynamics_ = dynamics
-        self.device_ = device
+        if dynamics is not None:
+            self.dynamics_ = dynamics
+        if network is not None:
+            device = resolve_device(getattr(self, "device", "auto"))
+            if _is_network_state(network):
+                network = _build_network(network["architecture"], network["state_dict"], device)
+            else:  # a module pickled as is (by an older skformer): just move it
+                network = network.to(device).eval()
+            self.network_ = network
+        if device is not None:
+            self.device_ = torch.device(device)
 
 
 # ---------------------------------------------------------------------------------- JSON values
@@ -807,18 +808,30 @@ def load(path: str | os.PathLike[str]) -> SimformerEstimator:
             f"not have (it has {sorted(known)}); it was written by skformer "
             f"{header.get('skformer_version')}."
         )
-    est.set_params(**{k: _decode(v, f"parameter {k!r}") for k, v in params.items()})
-
     fitted = header.get("fitted")
     if not isinstance(fitted, dict):
         raise ValueError(f"{path!r}: 'fitted' must be an object; got {fitted!r}.")
-    clash = sorted(set(fitted) & (set(known) | set(_SPECIAL_ATTRIBUTES)))
-    if clash or not all(isinstance(k, str) and k.isidentifier() for k in fitted):
-        raise ValueError(f"{path!r}: invalid fitted attribute names {clash or list(fitted)}.")
-    attributes = {k: _decode(v, f"fitted attribute {k!r}") for k, v in fitted.items()}
+    bad = sorted(
+        str(k) for k in fitted
+        if not k.isidentifier() or k.startswith("__") or k in known
+        or k in _SPECIAL_ATTRIBUTES or hasattr(SimformerEstimator, k)
+    )
+    if bad:
+        raise ValueError(
+            f"{path!r}: fitted attribute names must be new identifiers that shadow no parameter "
+            f"or method; got {bad}."
+        )
+    try:
+        params = {k: _decode(v, f"parameter {k!r}") for k, v in params.items()}
+        attributes = {k: _decode(v, f"fitted attribute {k!r}") for k, v in fitted.items()}
+    except RecursionError as err:
+        raise ValueError(f"{path!r}: the header nests values too deeply.") from err
+    est.set_params(**params)
 
     try:
         layout = Layout.from_dict(header["layout"])
+        # from_dict trusts its input; from_spec checks the groups partition the columns
+        Layout.from_spec(layout.n_columns, [list(g) for g in layout.groups], layout.names)
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{path!r}: invalid layout {header.get('layout')!r}.") from err
     dynamics = _build_dynamics(header.get("dynamics"))
