@@ -81,7 +81,8 @@ def as_float_tensor(values, device: torch.device) -> torch.Tensor:
         return values.detach().to(device=device, dtype=DTYPE).clone()
     if hasattr(values, "to_numpy"):
         values = values.to_numpy()
-    arr = np.asarray(values, dtype=np.float64)
+    # a fresh, contiguous, writeable copy: negative strides and read-only memmaps are fine
+    arr = np.array(values, dtype=np.float64, order="C", copy=True)
     return torch.as_tensor(arr, dtype=DTYPE, device=device)
 
 

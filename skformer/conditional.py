@@ -363,6 +363,8 @@ class Conditional:
             16 latent columns.
         random_state : int, default=0
             Seed of the Hutchinson probes (fixed by default, so results are deterministic).
+            One set of probes serves every row, so a row's log density never depends on the
+            other rows passed with it.
 
         Returns
         -------
@@ -390,18 +392,28 @@ class Conditional:
         if obs.shape[0] == 1:
             obs = obs.expand(z.shape[0], -1)
         m = self._model
-        gen = make_generator(seed_from(random_state), m.device)
         copies = self.n_latent if exact else int(n_probes)
+        probes = None
+        if not exact:
+            # One set of Rademacher probes shared by every row: each row's estimate is unbiased
+            # and depends on that row alone, never on the rows around it, their order or the
+            # chunking (score_samples on a subset equals the subset of score_samples).
+            gen = make_generator(seed_from(random_state), m.device)
+            signs = torch.randint(0, 2, (copies, 1, m.layout.n_columns), generator=gen,
+                                  device=m.device)
+            observed = torch.as_tensor(self.condition_mask, device=m.device)
+            probes = (2.0 * signs - 1.0) * (~observed).float()
         chunk = max(1, m.rows_per_chunk() // (2 * copies))
         out = [
-            self._log_prob_standardised(z[i : i + chunk], obs[i : i + chunk], steps, exact,
-                                        int(n_probes), gen)
+            self._log_prob_standardised(z[i : i + chunk], obs[i : i + chunk], steps, probes)
             for i in range(0, z.shape[0], chunk)
         ]
         idx = torch.as_tensor(self.latent_columns, device=m.device)
         return to_numpy(torch.cat(out) - torch.log(m.scale[idx]).sum())
 
-    def _log_prob_standardised(self, z, obs, steps, exact, n_probes, gen) -> torch.Tensor:
+    def _log_prob_standardised(self, z, obs, steps, probes=None) -> torch.Tensor:
+        """Log density of standardised rows: exact divergence when ``probes`` is None, else
+        Hutchinson's estimator with ``probes`` of shape (n_probes, 1, n_columns)."""
         m = self._model
         B, T = z.shape[0], m.layout.n_columns
         lat = torch.as_tensor(self.latent_columns, device=m.device)
@@ -412,6 +424,7 @@ class Conditional:
         x[:, lat] = z
         x[:, obs_idx] = obs
         k = len(lat)
+        exact = probes is None
         if exact:
             copies = k
             # copy i differentiates output lat[i] with respect to input lat[i]
@@ -419,9 +432,8 @@ class Conditional:
             pick[torch.arange(k), lat] = 1.0
             probes = pick[:, None, :].expand(k, B, T)
         else:
-            copies = n_probes
-            signs = torch.randint(0, 2, (n_probes, B, T), generator=gen, device=m.device)
-            probes = (2.0 * signs - 1.0) * (~observed).float()
+            copies = probes.shape[0]
+            probes = probes.expand(copies, B, T)
         obs_rep = observed.expand(copies * B, T)
         flat_probes = probes.reshape(copies * B, T)
 

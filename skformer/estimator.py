@@ -12,7 +12,7 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, DensityMixin
+from sklearn.base import BaseEstimator, DensityMixin, _fit_context
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -59,7 +59,9 @@ class SimformerEstimator(PersistenceMixin, DensityMixin, BaseEstimator):
     posterior_latent, posterior_observed : list of int or None, default=None
         Variable indexes of theta and x, from the posterior's point of view; used by
         ``posterior()``, ``likelihood()`` and the "structured" masks. None: variable 0 is
-        latent and all others observed.
+        latent and all others observed. A model of a single variable (one column, say) has no
+        such split: with both None it learns the joint density, for ``sample`` and
+        ``score_samples``.
     d_model, n_layers, n_heads : int, default=64, 4, 4
         Transformer width, depth and attention heads.
     max_epochs : int, default=100
@@ -221,7 +223,11 @@ class SimformerEstimator(PersistenceMixin, DensityMixin, BaseEstimator):
                     f"X has shape (n, {shape3[0]}, {shape3[1]}) but the estimator was fitted on "
                     f"(n, {expected[0]}, {expected[1]})."
                 )
-        X = validate_data(self, X, reset=reset, dtype=np.float64, ensure_min_samples=1)
+        # order="C": a reversed or strided view (X[::-1]) becomes a copy torch can wrap;
+        # force_writeable: read-only input (joblib memmaps in GridSearchCV(n_jobs=...)) is
+        # copied instead of wrapped by torch, which warns about non-writable arrays
+        X = validate_data(self, X, reset=reset, dtype=np.float64, order="C",
+                          force_writeable=True, ensure_min_samples=1)
         if reset:
             self.input_shape_ = shape3
         return X
@@ -253,6 +259,18 @@ class SimformerEstimator(PersistenceMixin, DensityMixin, BaseEstimator):
             return Layout.from_spec(n_columns, None, names=list(names))
         return Layout.from_spec(n_columns, spec)
 
+    def _training_split(self, layout: Layout) -> tuple[list[int], list[int]]:
+        """Latent / observed variables for the training masks.
+
+        A single variable has no posterior split: with both indexes left at None the model
+        learns its joint density alone (every training mask observes nothing), and
+        ``posterior()`` / ``likelihood()`` say why they do not apply.
+        """
+        if (layout.n_variables == 1 and self.posterior_latent is None
+                and self.posterior_observed is None):
+            return [0], []
+        return self._posterior_indexes(layout)
+
     def _posterior_indexes(self, layout: Layout) -> tuple[list[int], list[int]]:
         latent = [0] if self.posterior_latent is None else self.posterior_latent
         latent = layout.variable_indexes(latent, "posterior_latent")
@@ -265,13 +283,39 @@ class SimformerEstimator(PersistenceMixin, DensityMixin, BaseEstimator):
                 f"posterior_latent {latent} and posterior_observed {observed} overlap."
             )
         if not latent or not observed:
+            single = (" The model has a single variable, so it has no posterior or likelihood: "
+                      "use sample() and score_samples() for its joint density, or group the "
+                      "columns into several variables with the variables parameter."
+                      if layout.n_variables == 1 else "")
             raise ValueError(
                 "posterior_latent and posterior_observed must each name at least one variable; "
-                f"got {latent} and {observed}."
+                f"got {latent} and {observed}.{single}"
             )
         return latent, observed
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()  # DensityMixin: estimator_type "density_estimator"
+        tags.input_tags.allow_nan = False  # fit and score_samples reject NaN and infinity
+        tags.input_tags.sparse = False
+        tags.target_tags.required = False  # unsupervised: y is ignored
+        # On the CPU a fixed random_state makes fit bitwise reproducible, and score_samples
+        # (fixed time grid, fixed Hutchinson probes) is a deterministic function of each row.
+        # CUDA kernels (atomic adds in backward passes, batch-size-dependent GEMM algorithms)
+        # give no such guarantee, so results there may differ in the last bits.
+        tags.non_deterministic = self._on_accelerator()
+        return tags
+
+    def _on_accelerator(self) -> bool:
+        """Whether ``device`` resolves to something other than the CPU (never raises)."""
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return resolve_device(self.device).type != "cpu"
+        except (ValueError, TypeError, RuntimeError):
+            return False
+
     # ------------------------------------------------------------------ fit
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Train the network on joint simulations.
 
@@ -297,14 +341,14 @@ class SimformerEstimator(PersistenceMixin, DensityMixin, BaseEstimator):
             raise
 
     def _fit(self, X):
-        self._validate_params()
+        # parameters are validated by _fit_context (unless skip_parameter_validation is set)
         X = self._validate_X(X, reset=True)
         if X.shape[0] < 2:
             raise ValueError(
-                f"X needs at least 2 samples (rows) to fit; got {X.shape[0]}."
+                f"X needs at least 2 samples (rows) to fit; got {X.shape[0]} sample."
             )
         layout = self._make_layout(X.shape[1])
-        latent, observed = self._posterior_indexes(layout)
+        latent, observed = self._training_split(layout)
         cond = condition_sampler(self.condition_masks, layout, latent, observed)
         edge = edge_sampler(self.edge_masks, layout)
         if self.d_model % self.n_heads:
@@ -362,7 +406,7 @@ class SimformerEstimator(PersistenceMixin, DensityMixin, BaseEstimator):
                 f"{'validation' if n_val else 'training'} loss was still improving; consider "
                 "a larger max_epochs.",
                 ConvergenceWarning,
-                stacklevel=2,
+                stacklevel=4,  # _fit, fit, _fit_context's wrapper, the caller
             )
         return self
 
@@ -461,7 +505,11 @@ class SimformerEstimator(PersistenceMixin, DensityMixin, BaseEstimator):
         return joint.log_prob(X)
 
     def score(self, X, y=None):
-        """Mean joint log density of the rows of X (higher is better), as KernelDensity's.
+        """Mean joint log density of the rows of X (higher is better).
+
+        The mean, as :meth:`sklearn.mixture.GaussianMixture.score` (``KernelDensity.score``
+        returns the sum): model selection (``GridSearchCV``, ``cross_val_score``) compares
+        held-out folds of different sizes on one scale.
 
         Parameters
         ----------

@@ -1,0 +1,341 @@
+"""Turn the harness CSV into docs/benchmarks.md, docs/benchmarks_c2st.png and
+docs/benchmarks_time.png: a table of mean +- std over observations per task / budget / method,
+C2ST against budget per task, time per method, and a statement of where skformer wins and where
+it does not, all computed from the rows (nothing hard-coded).
+
+    python -m harness.report --csv results/harness.csv [--docs ../docs]
+"""
+
+from __future__ import annotations
+
+import argparse
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from harness import ROOT
+from harness.methods import METHODS
+from harness.run import DEFAULT_OUT, KEY
+
+__all__ = ["load", "summarise", "write_report"]
+
+SKFORMER = ("skformer_score", "skformer_flow")
+SBIBM_TASKS = ("gaussian_linear", "two_moons", "gaussian_mixture", "slcp", "bernoulli_glm")
+GROUP = ["task", "target", "config", "budget", "method"]
+NUMERIC = ["c2st", "c2st_rf", "train_s", "sample_s", "n_samples", "network_calls", "log_prob_s",
+           "log_prob_n", "log_prob_mae", "peak_rss_mb", "peak_gpu_mb", "epochs"]
+
+
+def load(csv_path):
+    """The CSV as a DataFrame, the last row of each key kept (reruns with --retry-failed
+    append newer rows)."""
+    import pandas as pd
+
+    df = pd.read_csv(csv_path, dtype={"mask": str, "error": str})
+    for col in NUMERIC:
+        df[col] = pd.to_numeric(df[col], errors="coerce")
+    df = df.drop_duplicates(subset=list(KEY), keep="last").reset_index(drop=True)
+    # time for 10,000 samples, scaled linearly when fewer were drawn
+    df["sample_10k_s"] = df["sample_s"] * 10_000 / df["n_samples"]
+    df["log_prob_1k_s"] = df["log_prob_s"] * 1_000 / df["log_prob_n"]
+    return df
+
+
+def _metric(df) -> str:
+    return "c2st" if df["c2st"].notna().any() else "c2st_rf"
+
+
+def summarise(df):
+    """One row per task / target / config / budget / method: mean and std over observations
+    of the ok rows, and the counts of ok, failed and skipped rows."""
+    import pandas as pd
+
+    rows = []
+    order = {m: i for i, m in enumerate(METHODS)}
+    df = df.assign(_order=df["method"].map(order).fillna(len(order)))
+    df = df.sort_values(["task", "target", "config", "budget", "_order"], kind="stable")
+    for key, g in df.groupby(GROUP, sort=False):
+        ok = g[g["status"] == "ok"]
+        r = dict(zip(GROUP, key))
+        r["n_ok"] = len(ok)
+        r["n_failed"] = int((g["status"] == "failed").sum())
+        r["n_skipped"] = int((g["status"] == "skipped").sum())
+        bad = g[g["status"] != "ok"]["error"].dropna()
+        r["error"] = bad.iloc[0] if len(bad) else ""
+        for col in ["c2st", "c2st_rf", "train_s", "sample_10k_s", "log_prob_1k_s",
+                    "log_prob_mae", "network_calls", "peak_rss_mb", "peak_gpu_mb", "epochs"]:
+            vals = ok[col].dropna()
+            r[col] = vals.mean() if len(vals) else np.nan
+            r[col + "_std"] = vals.std(ddof=0) if len(vals) > 1 else np.nan
+        rows.append(r)
+    return pd.DataFrame(rows)
+
+
+def _pm(mean, std, digits=3) -> str:
+    if not np.isfinite(mean):
+        return "-"
+    if np.isfinite(std):
+        return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    return f"{mean:.{digits}f}"
+
+
+def _num(v, fmt="{:.1f}") -> str:
+    return "-" if v is None or not np.isfinite(v) else fmt.format(v)
+
+
+def _table(s, show_config: bool) -> list[str]:
+    head = ["task", "target", *(["config"] if show_config else []), "budget", "method", "obs ok",
+            "C2ST (MLP)", "C2ST (RF)", "train s", "10k samples s", "log_prob 1k s",
+            "log_prob MAE (nats)", "calls / sample", "epochs", "peak RSS MB", "not ok"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, r in s.iterrows():
+        notok = []
+        if r["n_failed"]:
+            notok.append(f"{r['n_failed']} failed")
+        if r["n_skipped"]:
+            notok.append(f"{r['n_skipped']} skipped")
+        cells = [r["task"], r["target"], *([r["config"]] if show_config else []),
+                 f"{int(r['budget']):,}", r["method"], str(r["n_ok"]),
+                 _pm(r["c2st"], r["c2st_std"]), _pm(r["c2st_rf"], r["c2st_rf_std"]),
+                 _num(r["train_s"]), _num(r["sample_10k_s"], "{:.2f}"),
+                 _num(r["log_prob_1k_s"], "{:.2f}"), _num(r["log_prob_mae"], "{:.2f}"),
+                 _num(r["network_calls"], "{:.0f}"), _num(r["epochs"], "{:.0f}"),
+                 _num(r["peak_rss_mb"], "{:.0f}"), ", ".join(notok) or "-"]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return lines
+
+
+def verdicts(s, metric: str) -> list[str]:
+    """Plain statements, from the summary, of where skformer beats the baselines and where not."""
+    out: list[str] = []
+    ok = s[(s["n_ok"] > 0) & s[metric].notna()]
+    wins = losses = 0
+    met: list[str] = []
+    missed: list[str] = []
+    for (task, target, config, budget), g in ok.groupby(["task", "target", "config", "budget"]):
+        sk = g[g["method"].isin(SKFORMER)]
+        base = g[~g["method"].isin(SKFORMER)]
+        where = f"{task} ({target}, {int(budget):,} simulations" + (
+            f", {config})" if config != "default" else ")")
+        if sk.empty:
+            continue
+        best_sk = sk.loc[sk[metric].idxmin()]
+        if base.empty:
+            out.append(f"- {where}: {best_sk['method']} C2ST {best_sk[metric]:.3f}; no baseline "
+                       "result here" + (" (sbi answers only the posterior)."
+                                        if target != "posterior" else "."))
+            continue
+        best_base = base.loc[base[metric].idxmin()]
+        beaten = [m for m, v in zip(base["method"], base[metric]) if best_sk[metric] < v]
+        if abs(best_sk[metric] - best_base[metric]) < 0.005:
+            losses += 1
+            verdict = "**tie** (within 0.005)"
+        elif best_sk[metric] < best_base[metric]:
+            wins += 1
+            verdict = "**skformer wins**"
+        else:
+            losses += 1
+            verdict = "**skformer loses**"
+        line = (f"- {where}: {verdict}: {best_sk['method']} C2ST {best_sk[metric]:.3f} vs best "
+                f"baseline {best_base['method']} {best_base[metric]:.3f}")
+        if 0 < len(beaten) < len(base):
+            line += f" (beats {', '.join(beaten)})"
+        std = np.nanmax([best_sk[metric + "_std"], best_base[metric + "_std"]])
+        if np.isfinite(std) and abs(best_sk[metric] - best_base[metric]) < std:
+            line += "; the gap is within one standard deviation over observations"
+        out.append(line + ".")
+        if target == "posterior" and task in SBIBM_TASKS and int(budget) == 10_000:
+            (met if best_sk[metric] < best_base[metric] else missed).append(task)
+    head: list[str] = []
+    if wins + losses:
+        head.append( f"On the C2ST ({metric}), skformer's best method beats every baseline in "
+                      f"{wins} of {wins + losses} task / target / budget settings where both ran.")
+    if met or missed:
+        head.append("Target (C2ST below every baseline's on each sbibm task at 10,000 "
+                      f"simulations): met on {', '.join(met) or 'none'}; not met on "
+                      f"{', '.join(missed) or 'none'}.")
+    if head:
+        out[:0] = [" ".join(head), ""]
+    # speed: median ratio over the task / budget settings both methods completed
+    ok = s[s["n_ok"] > 0]
+    idx = ["task", "target", "config", "budget"]
+    baselines = [m for m in dict.fromkeys(ok["method"]) if m not in SKFORMER]
+    for sk in SKFORMER:
+        for col, what in [("train_s", "training"), ("sample_10k_s", "sampling 10,000"),
+                          ("log_prob_1k_s", "log_prob of 1,000")]:
+            parts = []
+            for base in baselines:
+                a = ok[ok["method"] == sk].set_index(idx)[col]
+                b = ok[ok["method"] == base].set_index(idx)[col]
+                ratio = (a / b).dropna()
+                ratio = ratio[np.isfinite(ratio) & (ratio > 0)]
+                if ratio.empty:
+                    continue
+                med = float(np.median(ratio))
+                if 0.9 <= med <= 1.1:
+                    rel = "about as fast as"
+                elif med < 1:
+                    rel = f"{1 / med:.1f}x faster than"
+                else:
+                    rel = f"{med:.1f}x slower than"
+                parts.append(f"{rel} {base} ({len(ratio)})")
+            if parts:
+                out.append(f"- {what}: {sk} is " + ", ".join(parts) + " (median ratio over the "
+                           "settings in brackets).")
+    failed = s[(s["n_failed"] > 0)]
+    for _, r in failed.iterrows():
+        out.append(f"- {r['method']} failed on {r['task']} ({r['target']}, "
+                   f"{int(r['budget']):,}): {r['n_failed']} rows; first error: "
+                   f"`{str(r['error'])[:160]}`.")
+    skipped = s[(s["n_skipped"] > 0)].groupby("method")["error"].first()
+    for method, err in skipped.items():
+        out.append(f"- {method} was skipped: {err}")
+    if not (s["method"].isin(SKFORMER) & (s["n_ok"] > 0)).any():
+        out.insert(0, "- No completed skformer rows in this data: nothing to compare.")
+    return out
+
+
+def _plots(df, s, metric: str, docs: Path) -> tuple[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = s[s["n_ok"] > 0]
+    panels = list(ok.groupby(["task", "target"]).groups)
+    methods = [m for m in dict.fromkeys(ok["method"])]
+    colors = {m: f"C{i}" for i, m in enumerate(methods)}
+    ncol = min(4, max(1, len(panels)))
+    nrow = max(1, int(np.ceil(len(panels) / ncol)))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 3.0 * nrow), squeeze=False)
+    for ax, (task, target) in zip(axes.flat, panels):
+        g = ok[(ok["task"] == task) & (ok["target"] == target)]
+        for m in methods:
+            gm = g[g["method"] == m].sort_values("budget")
+            if gm.empty or gm[metric].isna().all():
+                continue
+            ax.errorbar(gm["budget"], gm[metric], yerr=gm[metric + "_std"].fillna(0), marker="o",
+                        capsize=3, label=m, color=colors[m],
+                        ls="-" if m in SKFORMER else "--")
+        ax.set_xscale("log")
+        ax.axhline(0.5, color="gray", lw=0.8, ls=":")
+        ax.set_title(task if target == "posterior" else f"{task} ({target})", fontsize=10)
+        ax.set_xlabel("simulations")
+        ax.set_ylabel(f"C2ST ({'MLP' if metric == 'c2st' else 'RF'})")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    handles, labels = [], []
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9,
+                   bbox_to_anchor=(0.5, -0.02))
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    c2st_png = docs / "benchmarks_c2st.png"
+    fig.savefig(c2st_png, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+    cols = [("train_s", "training (s)"), ("sample_10k_s", "10,000 samples (s)"),
+            ("log_prob_1k_s", "log_prob of 1,000 (s)")]
+    budgets = sorted(set(ok["budget"]))
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), squeeze=False)
+    width = 0.8 / max(1, len(budgets))
+    for ax, (col, title) in zip(axes.flat, cols):
+        for i, b in enumerate(budgets):
+            # median over tasks of the per-task mean
+            vals = [ok[(ok["method"] == m) & (ok["budget"] == b)][col].median() for m in methods]
+            x = np.arange(len(methods)) + (i - (len(budgets) - 1) / 2) * width
+            ax.bar(x, vals, width,
+                   label=f"{int(b):,} sims")
+        ax.set_xticks(np.arange(len(methods)), methods, rotation=30, ha="right", fontsize=8)
+        ax.set_yscale("log")
+        ax.set_title(title + ", median over tasks", fontsize=10)
+    if budgets:
+        axes.flat[0].legend(fontsize=8)
+    fig.tight_layout()
+    time_png = docs / "benchmarks_time.png"
+    fig.savefig(time_png, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return c2st_png.name, time_png.name
+
+
+def write_report(csv_path=DEFAULT_OUT, docs=ROOT / "docs") -> Path:
+    """Write ``docs/benchmarks.md`` and its two plots from the harness CSV; return the path."""
+    csv_path, docs = Path(csv_path), Path(docs)
+    docs.mkdir(parents=True, exist_ok=True)
+    df = load(csv_path)
+    s = summarise(df)
+    metric = _metric(df)
+    c2st_png, time_png = _plots(df, s, metric, docs)
+    try:
+        shown = csv_path.resolve().relative_to(ROOT)
+    except ValueError:
+        shown = csv_path
+    commands = [c for c in dict.fromkeys(df["command"].dropna())]
+    machines = [m for m in dict.fromkeys(df["machine"].dropna())]
+    devices = ", ".join(dict.fromkeys(df["device"].dropna().astype(str)))
+    obs = df.groupby("task")["observation"].agg(
+        lambda o: str(o.min()) if o.min() == o.max() else f"{o.min()}-{o.max()}")
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Generated by `python -m harness.report --csv {shown}` (from `benchmarks/`) on "
+        f"{datetime.now(timezone.utc):%Y-%m-%d} from {len(df)} rows. Do not edit by hand: "
+        "rerun the harness and the report.",
+        "",
+        "## How it was run",
+        "",
+        *[f"    {c}" for c in commands],
+        "",
+        "Machine: " + "; ".join(machines) + f" (device: {devices}).",
+        "",
+        "Observations per task: " + ", ".join(f"{t} {o}" for t, o in obs.items()) + ".",
+        "",
+        "## What is measured",
+        "",
+        "- **C2ST** (0.5 = indistinguishable from the reference, 1.0 = disjoint): sbibm's MLP "
+        "classifier (and/or the random forest the Simformer paper used), samples against as "
+        "many reference samples (exact for seed and gaussian_dag; sbibm's shipped reference "
+        "samples otherwise). Mean ± std over observations. For gaussian_dag's *conditionals* "
+        "target each observation is a random condition mask, so the mean is over masks.",
+        "- **train s**: wall time of one training run on the budget; **10k samples s**: time "
+        "to draw 10,000 samples for one observation; **log_prob 1k s**: log density of 1,000 "
+        "samples (first observation of each model) and, where the density is known exactly, "
+        "its mean absolute error; **calls / sample**: network evaluations per sample (sbi's "
+        "vector-field methods counted with a hook, NPE one flow pass); **peak RSS**: peak "
+        "resident memory of the process while training and sampling that model.",
+        "",
+        "## Results",
+        "",
+        *_table(s, show_config=s["config"].nunique() > 1),
+        "",
+        f"![C2ST against simulation budget]({c2st_png})",
+        "",
+        f"![time per method]({time_png})",
+        "",
+        "## Where skformer wins and where not",
+        "",
+        *verdicts(s, metric),
+        "",
+    ]
+    md = docs / "benchmarks.md"
+    md.write_text("\n".join(lines))
+    return md
+
+
+def main(argv=None) -> Path:
+    ap = argparse.ArgumentParser(prog="python -m harness.report", description=__doc__)
+    ap.add_argument("--csv", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--docs", type=Path, default=ROOT / "docs")
+    args = ap.parse_args(argv)
+    md = write_report(args.csv, args.docs)
+    print(f"wrote {md}")
+    return md
+
+
+if __name__ == "__main__":
+    main()
