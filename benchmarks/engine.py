@@ -29,7 +29,7 @@ from skformer import SimformerEstimator
 
 ROOT = Path(__file__).resolve().parent
 CONFIGS = [("dpm", 5), ("dpm", 10), ("dpm", 20), ("dpm", 50), ("heun", 10), ("heun", 25),
-           ("euler", 50), ("sde", 50), ("sde", 500)]
+           ("sde", 50), ("sde", 500)]
 
 
 def main() -> None:

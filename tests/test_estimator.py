@@ -338,3 +338,15 @@ def test_unfitted_estimator():
 def test_3d_shape_mismatch_at_inference(tiny_fitted):
     with pytest.raises(ValueError, match="fitted on"):
         tiny_fitted._validate_X(np.ones((4, 3, 2)), reset=False)
+
+
+def test_observed_and_values_accept_strided_and_readonly_arrays(tiny_fitted):
+    cond = tiny_fitted.condition([False, True])
+    obs = np.array([1.3, 0.9, 1.1])
+    reversed_view = obs[::-1]
+    readonly = obs.copy()
+    readonly.setflags(write=False)
+    a = cond.sample(5, observed=reversed_view, random_state=0)
+    b = cond.sample(5, observed=np.ascontiguousarray(reversed_view), random_state=0)
+    np.testing.assert_array_equal(a, b)
+    assert cond.sample(5, observed=readonly, random_state=0).shape == (5, 3)
