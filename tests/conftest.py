@@ -53,3 +53,20 @@ def pytest_configure(config: pytest.Config) -> None:
 def device(pytestconfig: pytest.Config) -> torch.device:
     """The torch device chosen with ``--device`` (default: the CPU)."""
     return pytestconfig.stash[_DEVICE_KEY]
+
+
+@pytest.fixture(scope="session", params=["score", "flow"])
+def fitted(request, device):
+    """A small model of each method fitted once on the seed task, shared by the test files."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    from _data import TINY, seed_task
+    from skformer import SimformerEstimator
+
+    est = SimformerEstimator(method=request.param, max_epochs=40, random_state=0,
+                             device=device, **TINY)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return est.fit(seed_task())

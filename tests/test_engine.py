@@ -14,15 +14,6 @@ X_O = np.array([1.1, 0.9, 1.3])
 MU = X_O - 1.0  # posterior mean of theta | x_o (truncation at +-1 negligible here)
 
 
-@pytest.fixture(scope="module", params=["score", "flow"])
-def fitted(request, device):
-    est = SimformerEstimator(method=request.param, max_epochs=40, random_state=0,
-                             device=device, **TINY)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        return est.fit(seed_task())
-
-
 def exact_posterior_logpdf(theta):
     a, b = (-1 - MU) / 0.1, (1 - MU) / 0.1
     return truncnorm.logpdf(theta, a, b, loc=MU, scale=0.1).sum(-1)

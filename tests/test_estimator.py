@@ -23,15 +23,6 @@ def small(**kw):
     return SimformerEstimator(**params)
 
 
-@pytest.fixture(scope="module", params=["score", "flow"])
-def fitted(request, device):
-    est = SimformerEstimator(method=request.param, max_epochs=40, random_state=0,
-                             device=device, **TINY)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        return est.fit(seed_task())
-
-
 def _check(samples, mean, std=0.1):
     np.testing.assert_allclose(samples.mean(0), mean, atol=MEAN_TOL)
     s = samples.std(0)
