@@ -1,6 +1,5 @@
 """SimformerEstimator end to end: statistics against exact answers, layouts, masks, errors."""
 
-import warnings
 
 import numpy as np
 import pandas as pd
