@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from skformer._utils import as_float_tensor, make_generator, seed_from, to_numpy
 from skformer.dynamics.solvers import SOLVERS, log_density, network_calls, solve
+from skformer.guidance import LinearConstraints, parse_constraints, sample_satisfying
 from skformer.layout import Layout
 
 __all__ = ["Conditional", "FittedModel"]
@@ -175,110 +175,43 @@ class Conditional:
         steps, solver = self._steps_solver(steps, solver)
         obs, batched = self._observed(observed)
         m = self._model
-        guide = None if constraints is None else self._constraints(constraints)
+        guide = None if constraints is None else parse_constraints(
+            constraints, m.layout.column_names, self.observed_columns, m.mean, m.scale)
         gen = make_generator(seed_from(random_state), m.device)
         if guide is None:
             x = self._sample_standardised(obs, int(n_samples), gen, steps, solver)
         else:
-            x = torch.cat([self._sample_constrained(o[None], int(n_samples), gen, steps, solver,
-                                                    guide) for o in obs])
+            x = torch.cat([
+                sample_satisfying(
+                    lambda k, o=o: self._sample_standardised(o[None], k, gen, steps, solver,
+                                                             guide),
+                    guide, int(n_samples))
+                for o in obs
+            ])
         x = x * m.scale + m.mean
         idx = torch.as_tensor(self.latent_columns, device=m.device)
         out = to_numpy(x[:, idx]).reshape(obs.shape[0], n_samples, -1)
         return out if batched else out[0]
 
-    def _constraints(self, constraints):
-        """Parse constraints -> (A, low, high) in standardised units over all columns."""
+    def _joint_batch(self, obs_rows, latent_rows, latent_columns):
+        """A batch of joint vectors in standardised units with the device masks it needs:
+        ``(x (B, n_columns), observed (B, n_columns) bool, edge mask or None)``."""
         m = self._model
-        T = m.layout.n_columns
-        names = m.layout.column_names
-        rows, lows, highs = [], [], []
-        items = []
-        if isinstance(constraints, dict):
-            items = [(k, v) for k, v in constraints.items()]
-        elif isinstance(constraints, (list, tuple)):
-            items = [(None, c) for c in constraints]
-        else:
-            raise ValueError(
-                "constraints must be a dict {column: (low, high)} or a list of "
-                f"(weights, low, high); got {type(constraints).__name__}."
-            )
-        if not items:
-            raise ValueError("constraints is empty: give at least one interval or inequality.")
-        for key, spec in items:
-            if key is not None:
-                if isinstance(key, str):
-                    if key not in names:
-                        raise ValueError(f"constraints names an unknown column {key!r}.")
-                    key = names.index(key)
-                if not isinstance(key, (int, np.integer)) or not 0 <= key < T:
-                    raise ValueError(f"constraint column {key!r} is not one of the {T} columns.")
-                weights = np.zeros(T)
-                weights[int(key)] = 1.0
-                try:
-                    low, high = spec
-                except (TypeError, ValueError) as err:
-                    raise ValueError(
-                        f"constraint for column {key} must be (low, high); got {spec!r}."
-                    ) from err
-            else:
-                try:
-                    weights, low, high = spec
-                except (TypeError, ValueError) as err:
-                    raise ValueError(
-                        f"a linear constraint must be (weights, low, high); got {spec!r}."
-                    ) from err
-                weights = np.asarray(weights, dtype=np.float64).reshape(-1)
-                if weights.shape != (T,) or not np.isfinite(weights).all() or not weights.any():
-                    raise ValueError(
-                        f"constraint weights must be {T} finite numbers, not all zero; got "
-                        f"{weights!r}."
-                    )
-            low, high = float(low), float(high)
-            if np.isnan(low) or np.isnan(high) or not low < high:
-                raise ValueError(f"a constraint needs low < high; got low={low}, high={high}.")
-            if np.any(weights[self.observed_columns] != 0):
-                raise ValueError(
-                    "constraints may only involve latent columns; observed columns "
-                    f"{[names[i] for i in self.observed_columns if weights[i] != 0]} are fixed."
-                )
-            rows.append(weights)
-            lows.append(low)
-            highs.append(high)
-        A = torch.as_tensor(np.stack(rows), dtype=torch.float32, device=m.device)
-        offset = A @ m.mean
-        return A * m.scale, torch.tensor(lows, device=m.device) - offset, \
-            torch.tensor(highs, device=m.device) - offset
-
-    def _sample_constrained(self, obs, n, gen, steps, solver, guide, max_rounds: int = 20):
-        """Guided samples for one observation, redrawn until all satisfy the constraints."""
-        A, low, high = guide
-        kept, have, drawn = [], 0, 0
-        for _ in range(max_rounds):
-            rate = max(have / drawn, 0.01) if drawn else 1.0
-            want = min(int(np.ceil(1.2 * (n - have) / rate)) + 8, 20 * n)
-            x = self._sample_standardised(obs, want, gen, steps, solver, guide)
-            y = x @ A.T
-            ok = ((y >= low) & (y <= high)).all(dim=1)
-            kept.append(x[ok])
-            have += int(ok.sum())
-            drawn += want
-            if have >= n:
-                return torch.cat(kept)[:n]
-        raise ValueError(
-            f"only {have} of {n} samples satisfied the constraints after {max_rounds} rounds of "
-            "guided sampling: the constrained region holds almost no mass of this conditional."
-        )
+        B, T = obs_rows.shape[0], m.layout.n_columns
+        x = torch.zeros(B, T, device=m.device)
+        x[:, torch.as_tensor(self.observed_columns, device=m.device)] = obs_rows
+        x[:, torch.as_tensor(latent_columns, device=m.device)] = latent_rows
+        observed = torch.as_tensor(self.condition_mask, device=m.device).expand(B, T)
+        edges = None if self.edge_mask is None else torch.as_tensor(self.edge_mask, device=m.device)
+        return x, observed, edges
 
     @torch.no_grad()
-    def _sample_standardised(self, obs, n, gen, steps, solver, guide=None) -> torch.Tensor:
-        """Full samples in standardised units: tensor of shape (n_observations * n, n_columns)."""
+    def _sample_standardised(self, obs, n, gen, steps, solver,
+                             guide: LinearConstraints | None = None) -> torch.Tensor:
+        """Full samples in standardised units: tensor of shape (n_observations * n, n_columns),
+        guided towards ``guide``'s region when given."""
         m = self._model
-        T = m.layout.n_columns
-        observed = torch.as_tensor(self.condition_mask, device=m.device)
-        lat = torch.as_tensor(self._sampled_columns, device=m.device)
-        obs_idx = torch.as_tensor(self.observed_columns, device=m.device)
-        edges = None if self.edge_mask is None else torch.as_tensor(self.edge_mask, device=m.device)
+        n_sampled = len(self._sampled_columns)
         grid = m.dynamics.time_grid(steps, m.device)
         rows = obs.repeat_interleave(n, dim=0)
         out = []
@@ -286,33 +219,17 @@ class Conditional:
         for start in range(0, rows.shape[0], chunk):
             r = rows[start : start + chunk]
             B = r.shape[0]
-            x = torch.zeros(B, T, device=m.device)
-            x[:, obs_idx] = r
-            x[:, lat] = m.dynamics.prior_sample((B, len(lat)), gen, m.device)
-            obs_b = observed.expand(B, T)
+            noise = m.dynamics.prior_sample((B, n_sampled), gen, m.device)
+            x, obs_b, edges = self._joint_batch(r, noise, self._sampled_columns)
 
-            def denoise(x, sigma):
-                if guide is None:
-                    return m.dynamics.denoise(m.network, x, sigma.expand(B), obs_b, edges)
-                return self._guided(x, sigma, obs_b, edges, guide)
+            def denoise(x, sigma, B=B, obs_b=obs_b, edges=edges):
+                return m.dynamics.denoise(m.network, x, sigma.expand(B), obs_b, edges)
+
+            if guide is not None:
+                denoise = guide.guide(denoise, obs_b)
 
             out.append(solve(denoise, x, grid, solver, gen, obs_b))
         return torch.cat(out)
-
-    def _guided(self, x, sigma, observed, edges, guide):
-        """Denoiser plus sigma^2 times the gradient of a soft indicator of the constraints."""
-        m = self._model
-        A, low, high = guide
-        with torch.enable_grad():
-            xg = x.detach().requires_grad_(True)
-            d = m.dynamics.denoise(m.network, xg, sigma.expand(x.shape[0]), observed, edges)
-            y = d @ A.T
-            # soft edges about as wide as the denoiser's uncertainty at this noise level: a gentle
-            # push that keeps the shape inside the region; rejection then makes it exact
-            width = A.norm(dim=1) * (sigma + 0.01)
-            inside = F.logsigmoid((y - low) / width) + F.logsigmoid((high - y) / width)
-            (g,) = torch.autograd.grad(inside.sum(), xg)
-        return torch.where(observed, x, d.detach() + sigma**2 * g)
 
     # ------------------------------------------------------------------ densities
     def _values(self, values, n_obs: int) -> torch.Tensor:
@@ -417,12 +334,7 @@ class Conditional:
         m = self._model
         B, T = z.shape[0], m.layout.n_columns
         lat = torch.as_tensor(self.latent_columns, device=m.device)
-        obs_idx = torch.as_tensor(self.observed_columns, device=m.device)
-        edges = None if self.edge_mask is None else torch.as_tensor(self.edge_mask, device=m.device)
-        observed = torch.as_tensor(self.condition_mask, device=m.device)
-        x = torch.zeros(B, T, device=m.device)
-        x[:, lat] = z
-        x[:, obs_idx] = obs
+        x, observed, edges = self._joint_batch(obs, z, self.latent_columns)
         k = len(lat)
         exact = probes is None
         if exact:
@@ -434,7 +346,7 @@ class Conditional:
         else:
             copies = probes.shape[0]
             probes = probes.expand(copies, B, T)
-        obs_rep = observed.expand(copies * B, T)
+        obs_rep = observed.repeat(copies, 1)
         flat_probes = probes.reshape(copies * B, T)
 
         def denoise_div(x_, sigma):
