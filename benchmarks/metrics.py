@@ -5,13 +5,14 @@ apart; the 5-fold cross-validated accuracy is the score: 0.5 = indistinguishable
 ``c2st`` uses sbibm's MLP (two hidden layers of 10 x dim, relu); ``c2st_rf`` the random forest
 variant the Simformer paper reported.
 
-sbibm runs the MLP through scikit-learn, which on 2 cores takes about 3 minutes per score at
-10 dimensions (5 folds x ~500 epochs of 80 small steps). ``c2st`` (``backend="torch"``, the
-default) trains the same classifier in PyTorch with the five folds stacked into one batched
+sbibm runs the MLP through scikit-learn, which takes about 3 minutes per score at 10
+dimensions on 2 idle cores (5 folds x ~500 epochs of 80 steps). ``c2st`` (``backend="torch"``,
+the default) trains the same classifier in PyTorch with the five folds stacked into one batched
 network: same architecture, Glorot-uniform initialisation, Adam (lr 1e-3), batches of 200,
 L2 penalty 1e-4, per-epoch reshuffling and scikit-learn's stopping rule (training loss not
-improved by 1e-4 for more than 10 epochs, at most 1000). It is 10-20x faster and agrees with
-scikit-learn within the fold noise (``python metrics.py`` checks it);
+improved by 1e-4 for more than 10 epochs, at most 1000). It needs about 100 s on one core at
+10 dimensions (the work is compute-bound, so no backend makes it cheap) and agrees with
+scikit-learn within the fold noise (``python metrics.py`` compares them);
 ``backend="sklearn"`` is sbibm's code path exactly.
 """
 
