@@ -136,14 +136,15 @@ class Simformer:
             self.estimator.set_params(edge_masks=edge_masks)
         return self
 
-    def train(self, max_num_epochs: int = 100, training_batch_size: int | None = None,
+    def train(self, max_num_epochs: int | None = None, training_batch_size: int | None = None,
               learning_rate: float | None = None, validation_fraction: float | None = None,
               stop_after_epochs: int | None = None, show_train_summary: bool = False, **kwargs):
         """Fit on all appended simulations; returns the trained network."""
         if not self._inputs:
             raise ValueError("no simulations: call append_simulations(inputs) before train().")
-        params = {"max_epochs": max_num_epochs}
-        for name, value in [("batch_size", training_batch_size), ("learning_rate", learning_rate),
+        params = {}
+        for name, value in [("max_epochs", max_num_epochs),
+                            ("batch_size", training_batch_size), ("learning_rate", learning_rate),
                             ("validation_fraction", validation_fraction),
                             ("n_iter_no_change", stop_after_epochs)]:
             if value is not None:

@@ -22,7 +22,7 @@ __all__ = ["TrainConfig", "TrainResult", "train"]
 
 @dataclass
 class TrainConfig:
-    max_epochs: int = 100
+    max_epochs: int = 400
     batch_size: int = 256
     learning_rate: float = 1e-3
     early_stopping: bool = True

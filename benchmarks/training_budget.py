@@ -1,0 +1,99 @@
+"""How much training does skformer need? C2ST against training length and batch size.
+
+Each variant fits SimformerEstimator (score method, otherwise defaults) on the same simulations
+of an sbibm task and scores posterior samples with the MLP C2ST against sbibm's reference
+samples. The question it answers: are skformer's default ``max_epochs`` and ``batch_size``
+enough, or does it stop before it has learnt the posterior?
+
+    python training_budget.py --task two_moons --observations 1 2 3
+    python training_budget.py --task slcp --variants epochs100 epochs400 --observations 1
+
+Writes (appends) ``results/training_budget.json``: one record per task / variant / observation,
+with the training time, epochs run, optimiser steps and whether early stopping ended training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from harness.tasks import get_task
+from metrics import c2st
+
+OUT = Path(__file__).parent / "results" / "training_budget.json"
+
+#: estimator keyword arguments of each variant (on top of the defaults)
+VARIANTS = {
+    "epochs100": {"max_epochs": 100},  # the default before this study
+    "epochs100_steps50": {"max_epochs": 100},  # the same model, sampled with 50 solver steps
+    "batch128_epochs100": {"batch_size": 128, "max_epochs": 100},
+    "epochs400": {"max_epochs": 400},  # the default since this study
+    "batch128_epochs400": {"batch_size": 128, "max_epochs": 400},
+}
+
+
+def run(task_name, variants, observations, budget, n_samples, seed, threads):
+    from sklearn.exceptions import ConvergenceWarning
+
+    from skformer import SimformerEstimator
+
+    torch.set_num_threads(threads)
+    task = get_task(task_name)
+    theta, x = task.simulate(budget, seed)
+    X = task.joint(theta, x)
+    records, fitted = [], {}
+    for name in variants:
+        kwargs = VARIANTS[name]
+        key = json.dumps(kwargs, sort_keys=True)
+        if key not in fitted:
+            est = SimformerEstimator(
+                variables=task.variables, posterior_latent=task.latent,
+                posterior_observed=task.observed, random_state=seed, **kwargs)
+            t0 = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                est.fit(X)
+            fitted[key] = (est, time.perf_counter() - t0)
+        est, train_s = fitted[key]
+        steps = 50 if name.endswith("steps50") else None
+        for k in observations:
+            samples = est.posterior().sample(n_samples, observed=task.observation(k),
+                                             random_state=k, steps=steps)
+            score = c2st(samples, task.reference(k, n_samples, seed=k))
+            rec = dict(task=task_name, variant=name, kwargs=kwargs, budget=budget,
+                       observation=k, c2st=score, train_s=round(train_s, 1),
+                       epochs=est.n_iter_, best_epoch=est.best_epoch_ + 1,
+                       early_stopped=bool(est.n_iter_ < est.max_epochs),
+                       batch_size=est.batch_size, threads=threads,
+                       machine=f"{platform.processor() or platform.machine()}, torch "
+                               f"{torch.__version__}")
+            records.append(rec)
+            print(json.dumps(rec), flush=True)
+            old = json.loads(OUT.read_text()) if OUT.exists() else []
+            OUT.write_text(json.dumps(old + [rec], indent=1))
+    return records
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--task", default="two_moons")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--observations", nargs="+", type=int, default=[1])
+    ap.add_argument("--budget", type=int, default=10_000)
+    ap.add_argument("--samples", type=int, default=10_000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    a = ap.parse_args(argv)
+    run(a.task, a.variants, a.observations, a.budget, a.samples, a.seed, a.threads)
+
+
+if __name__ == "__main__":
+    main()
