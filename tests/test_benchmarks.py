@@ -87,7 +87,7 @@ def test_report_reads_several_csvs_and_states_the_conditionals_target(quick_csv,
     sk = next(r for r in rows if r["method"] == "skformer_score")
     extra = []
     for k, value in enumerate(["0.52", "0.60"], start=1):
-        extra.append({**sk, "task": "gaussian_dag", "target": "conditionals",
+        extra.append({**sk, "task": "gaussian_dag", "target": "conditionals", "config": "default",
                       "budget": "10000", "observation": str(k), "c2st": value})
     # skformer_flow alone has an observation 2 (a run stopped part-way): the table averages
     # every method over the observations all of them completed, so that row is left out
@@ -99,11 +99,12 @@ def test_report_reads_several_csvs_and_states_the_conditionals_target(quick_csv,
             w.writeheader()
             w.writerows(part)
     text = write_report([a, b], tmp_path / "docs").read_text()
+    # two configurations (quick, default) in the data: the table gains a config column
     for m in METHODS:
-        assert f"| seed | posterior | 500 | {m} |" in text
+        assert f"| seed | posterior | quick | 500 | {m} |" in text
     flow_line = next(ln for ln in text.splitlines()
-                     if ln.startswith("| seed | posterior | 500 | skformer_flow |"))
-    assert flow_line.split(" | ")[4:6] == ["1", f"{float(flow['c2st']):.3f}"]
+                     if ln.startswith("| seed | posterior | quick | 500 | skformer_flow |"))
+    assert flow_line.split(" | ")[5:7] == ["1", f"{float(flow['c2st']):.3f}"]
     assert "--csv a.csv b.csv" in text or f"--csv {a} {b}" in text
     assert ("all-conditionals C2ST <= 0.55 at 10,000 simulations) on gaussian_dag with "
             "skformer_score: 0.560 over 2 random masks: not met") in text
