@@ -185,9 +185,12 @@ def verdicts(s, metric: str) -> list[str]:
                     f"every baseline in {wins} of {wins + losses} task / target / budget settings "
                     "where both ran.")
     if met or missed:
+        pending = [t for t in SBIBM_TASKS if t not in met + missed]
         head.append("Target (C2ST below every baseline's on each sbibm task at 10,000 "
-                      f"simulations): met on {', '.join(met) or 'none'}; not met on "
-                      f"{', '.join(missed) or 'none'}.")
+                    f"simulations): met on {', '.join(met) or 'none'}; not met on "
+                    f"{', '.join(missed) or 'none'}"
+                    + (f"; not yet run with skformer's defaults: {', '.join(pending)}."
+                       if pending else "."))
     cond = ok[(ok["target"] == "conditionals") & (ok["budget"] == 10_000)
               & ok["method"].isin(SKFORMER) & (ok["config"] == "default")]
     for _, r in cond.iterrows():
