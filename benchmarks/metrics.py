@@ -86,13 +86,15 @@ def _c2st_mlp_torch(data, labels, folds, seed, batch_size=200, lr=1e-3, alpha=1e
         b = (torch.rand(n_folds, 1, fan_out, generator=gen) * 2 - 1) * bound
         params += [W.requires_grad_(), b.requires_grad_()]
     weights = params[0::2]
+    layers = list(zip(params[0::2], params[1::2]))
     opt = torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), eps=1e-8)
 
-    def forward(xb):  # xb: (folds, batch, dim) -> logits (folds, batch)
-        h = xb
-        for i in range(0, len(params), 2):
-            h = torch.baddbmm(params[i + 1], h, params[i])
-            if i < len(params) - 2:
+    def forward(h, fold=None):
+        """Logits: all folds at once, (folds, batch, dim) -> (folds, batch), or one fold's
+        network on (batch, dim) -> (batch,)."""
+        for i, (W, b) in enumerate(layers):
+            h = torch.baddbmm(b, h, W) if fold is None else h @ W[fold] + b[fold]
+            if i < len(layers) - 1:
                 h = torch.relu(h)
         return h.squeeze(-1)
 
@@ -101,18 +103,12 @@ def _c2st_mlp_torch(data, labels, folds, seed, batch_size=200, lr=1e-3, alpha=1e
     active = torch.ones(n_folds, dtype=torch.bool)
     scores = torch.zeros(n_folds)
 
-    def accuracy():
+    def score(which):  # held-out accuracy of the folds flagged in ``which``, now
         with torch.no_grad():
-            out = torch.zeros(n_folds)
-            for f, (_, te) in enumerate(splits):
-                h = torch.as_tensor(data[te], dtype=torch.float32)
-                for i in range(0, len(params), 2):
-                    h = h @ params[i][f] + params[i + 1][f]
-                    if i < len(params) - 2:
-                        h = torch.relu(h)
-                pred = (h.squeeze(-1) > 0).float()
-                out[f] = (pred == y[te]).float().mean()
-            return out
+            for f in torch.nonzero(which).flatten().tolist():
+                te = splits[f][1]
+                pred = (forward(X[te], f) > 0).float()
+                scores[f] = (pred == y[te]).float().mean()
 
     for _ in range(max_iter):
         order = torch.stack([idx[torch.randperm(len(idx), generator=gen)[:n_train]]
@@ -135,13 +131,11 @@ def _c2st_mlp_torch(data, labels, folds, seed, batch_size=200, lr=1e-3, alpha=1e
         stale = torch.where(worse, stale + 1, torch.zeros_like(stale))
         best = torch.minimum(best, epoch_loss)
         stop = active & (stale > n_iter_no_change)
-        if stop.any():
-            scores[stop] = accuracy()[stop]
-            active &= ~stop
+        score(stop)
+        active &= ~stop
         if not active.any():
             break
-    if active.any():  # max_iter reached
-        scores[active] = accuracy()[active]
+    score(active)  # folds still training at max_iter
     return float(scores.mean())
 
 

@@ -142,9 +142,10 @@ def verdicts(s, metric: str) -> list[str]:
     # each skformer configuration against the baselines of the same configuration, or their
     # defaults where the baselines were not run with it (e.g. skformer's own max_epochs study)
     for (task, target, budget), g_all in ok.groupby(["task", "target", "budget"]):
-        for config in dict.fromkeys(g_all[g_all["method"].isin(SKFORMER)]["config"]):
-            sk = g_all[g_all["method"].isin(SKFORMER) & (g_all["config"] == config)]
-            others = g_all[~g_all["method"].isin(SKFORMER)]
+        is_sk = g_all["method"].isin(SKFORMER)
+        others = g_all[~is_sk]
+        for config in dict.fromkeys(g_all[is_sk]["config"]):
+            sk = g_all[is_sk & (g_all["config"] == config)]
             same = others[others["config"] == config]
             base = same if not same.empty else others[others["config"] == "default"]
             where = f"{task} ({target}, {int(budget):,} simulations" + (
