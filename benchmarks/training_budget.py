@@ -17,13 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
-import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from harness.methods import fit_skformer
 from harness.tasks import get_task
 from metrics import c2st
 
@@ -40,27 +38,15 @@ VARIANTS = {
 
 
 def run(task_name, variants, observations, budget, n_samples, seed, threads):
-    from sklearn.exceptions import ConvergenceWarning
-
-    from skformer import SimformerEstimator
-
     torch.set_num_threads(threads)
     task = get_task(task_name)
     theta, x = task.simulate(budget, seed)
-    X = task.joint(theta, x)
     records, fitted = [], {}
     for name in variants:
         kwargs = VARIANTS[name]
         key = json.dumps(kwargs, sort_keys=True)
         if key not in fitted:
-            est = SimformerEstimator(
-                variables=task.variables, posterior_latent=task.latent,
-                posterior_observed=task.observed, random_state=seed, **kwargs)
-            t0 = time.perf_counter()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                est.fit(X)
-            fitted[key] = (est, time.perf_counter() - t0)
+            fitted[key] = fit_skformer(task, theta, x, seed, **kwargs)
         est, train_s = fitted[key]
         steps = 50 if name.endswith("steps50") else None
         for k in observations:

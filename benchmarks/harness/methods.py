@@ -68,6 +68,24 @@ class Runner:
 
 
 # --------------------------------------------------------------------------- skformer
+def fit_skformer(task: Task, theta, x, seed: int, **kwargs):
+    """Fit a SimformerEstimator on a task's simulations (its defaults unless ``kwargs`` say
+    otherwise); return (estimator, training seconds). Running out of epochs is not an error
+    here: the ``epochs`` column records it."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    from skformer import SimformerEstimator
+
+    est = SimformerEstimator(variables=task.variables, posterior_latent=task.latent,
+                             posterior_observed=task.observed, random_state=seed, **kwargs)
+    X = task.joint(theta, x)
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X)
+    return est, time.perf_counter() - start
+
+
 class SkformerRunner(Runner):
     conditionals = True
 
@@ -76,24 +94,12 @@ class SkformerRunner(Runner):
         self.name = f"skformer_{method}"
 
     def fit(self, task, theta, x, settings, seed):
-        from sklearn.exceptions import ConvergenceWarning
-
-        from skformer import SimformerEstimator
-
         kwargs = dict(QUICK_SKFORMER) if settings.quick else {}
         if settings.max_epochs is not None:
             kwargs["max_epochs"] = settings.max_epochs
-        est = SimformerEstimator(
-            method=self.method, variables=task.variables, posterior_latent=task.latent,
-            posterior_observed=task.observed, device=settings.device, random_state=seed,
-            **kwargs,
-        )
-        X = task.joint(theta, x)
-        start = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            est.fit(X)
-        return Trained(est, time.perf_counter() - start, est.n_iter_)
+        est, train_s = fit_skformer(task, theta, x, seed, method=self.method,
+                                    device=settings.device, **kwargs)
+        return Trained(est, train_s, est.n_iter_)
 
     def sample(self, trained, task, x_o, n, seed):
         post = trained.model.posterior()
