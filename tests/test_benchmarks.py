@@ -214,3 +214,27 @@ def test_gaussian_dag_posterior_reference_and_log_prob():
     np.testing.assert_allclose(lp, multivariate_normal(mean, cov).logpdf(ref[:10]))
     theta, x = task.simulate(100, seed=0)
     assert theta.shape == (100, 4) and x.shape == (100, 8)
+
+
+def test_report_counts_each_skformer_method_against_the_best_baseline(quick_csv, tmp_path):
+    """At the defaults on an sbibm task at 10,000 simulations: the verdict takes skformer's
+    best method, the per-method counts and the 10,000-simulation target each method alone."""
+    from harness.report import write_report
+
+    with open(quick_csv, newline="") as fh:
+        rows = {r["method"]: r for r in csv.DictReader(fh)}
+    c2st = {"skformer_score": "0.520", "skformer_flow": "0.700", "npe": "0.600",
+            "npse": "0.650", "fmpe": "0.610"}
+    out = tmp_path / "r.csv"
+    with open(out, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=COLUMNS)
+        w.writeheader()
+        for m, value in c2st.items():
+            w.writerow({**rows[m], "task": "two_moons", "budget": "10000", "config": "default",
+                        "status": "ok", "c2st": value})
+    text = write_report(out, tmp_path / "docs").read_text()
+    assert ("beats every baseline in 1 of 1 task / target / budget settings where both ran; "
+            "skformer_score alone in 1 of 1; skformer_flow alone in 0 of 1.") in text
+    assert "met on two_moons; not met on none" in text
+    assert ("two_moons (posterior, 10,000 simulations): **skformer wins**: skformer_score C2ST "
+            "0.520 vs best baseline npe 0.600.") in text

@@ -139,6 +139,7 @@ def verdicts(s, metric: str) -> list[str]:
     wins = losses = 0
     met: list[str] = []
     missed: list[str] = []
+    per_method: dict[str, list[int]] = {}  # skformer method -> [settings won, settings run]
     # each skformer configuration against the baselines of the same configuration, or their
     # defaults where the baselines were not run with it (e.g. skformer's own max_epochs study)
     for (task, target, budget), g_all in ok.groupby(["task", "target", "budget"]):
@@ -159,6 +160,10 @@ def verdicts(s, metric: str) -> list[str]:
             best_base = base.loc[base[metric].idxmin()]
             beaten = [m for m, v in zip(base["method"], base[metric]) if best_sk[metric] < v]
             current = config == "default"  # the counts and targets are about the defaults
+            if current:
+                for m, v in zip(sk["method"], sk[metric]):
+                    per_method.setdefault(m, [0, 0])[0] += bool(v < best_base[metric] - 0.005)
+                    per_method[m][1] += 1
             if abs(best_sk[metric] - best_base[metric]) < 0.005:
                 losses += current
                 verdict = "**tie** (within 0.005)"
@@ -184,7 +189,9 @@ def verdicts(s, metric: str) -> list[str]:
     if wins + losses:
         head.append(f"On the C2ST ({metric}), skformer's best method with its defaults beats "
                     f"every baseline in {wins} of {wins + losses} task / target / budget settings "
-                    "where both ran.")
+                    "where both ran"
+                    + "".join(f"; {m} alone in {w} of {n}" for m, (w, n) in per_method.items())
+                    + ".")
     if met or missed:
         pending = [t for t in SBIBM_TASKS if t not in met + missed]
         head.append("Target (C2ST below every baseline's on each sbibm task at 10,000 "
