@@ -9,7 +9,7 @@ enough, or does it stop before it has learnt the posterior?
     python training_budget.py --task slcp --variants epochs100 epochs400 --observations 1
 
 Writes (appends) ``results/training_budget.json``: one record per task / variant / observation,
-with the training time, epochs run, optimiser steps and whether early stopping ended training.
+with the training time, epochs run, the best epoch and whether early stopping ended training.
 """
 
 from __future__ import annotations

@@ -217,8 +217,8 @@ def test_gaussian_dag_posterior_reference_and_log_prob():
 
 
 def test_report_counts_each_skformer_method_against_the_best_baseline(quick_csv, tmp_path):
-    """At the defaults on an sbibm task at 10,000 simulations: the verdict takes skformer's
-    best method, the per-method counts and the 10,000-simulation target each method alone."""
+    """At the defaults on an sbibm task at 10,000 simulations: the verdict and the target take
+    skformer's best method; the per-method counts judge each method alone."""
     from harness.report import write_report
 
     with open(quick_csv, newline="") as fh:

@@ -132,6 +132,9 @@ def _table(s, show_config: bool) -> list[str]:
     return lines
 
 
+TIE = 0.005  # C2ST gaps smaller than this are ties, not wins
+
+
 def verdicts(s, metric: str) -> list[str]:
     """Plain statements, from the summary, of where skformer beats the baselines and where not."""
     out: list[str] = []
@@ -162,11 +165,11 @@ def verdicts(s, metric: str) -> list[str]:
             current = config == "default"  # the counts and targets are about the defaults
             if current:
                 for m, v in zip(sk["method"], sk[metric]):
-                    per_method.setdefault(m, [0, 0])[0] += bool(v < best_base[metric] - 0.005)
+                    per_method.setdefault(m, [0, 0])[0] += bool(v < best_base[metric] - TIE)
                     per_method[m][1] += 1
-            if abs(best_sk[metric] - best_base[metric]) < 0.005:
+            if abs(best_sk[metric] - best_base[metric]) < TIE:
                 losses += current
-                verdict = "**tie** (within 0.005)"
+                verdict = f"**tie** (within {TIE})"
             elif best_sk[metric] < best_base[metric]:
                 wins += current
                 verdict = "**skformer wins**"
