@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -16,7 +17,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 if str(BENCHMARKS) not in sys.path:
     sys.path.insert(0, str(BENCHMARKS))
 
-from harness.methods import METHODS  # noqa: E402
+from harness.methods import METHODS, QUICK_SKFORMER  # noqa: E402
 from harness.run import COLUMNS, main, parse_observations  # noqa: E402
 from harness.tasks import TASKS, GaussianDAG, get_task  # noqa: E402
 
@@ -216,15 +217,13 @@ def test_gaussian_dag_posterior_reference_and_log_prob():
     assert theta.shape == (100, 4) and x.shape == (100, 8)
 
 
-def test_report_counts_each_skformer_method_against_the_best_baseline(quick_csv, tmp_path):
-    """At the defaults on an sbibm task at 10,000 simulations: the verdict and the target take
-    skformer's best method; the per-method counts judge each method alone."""
+def _report_on_two_moons_1e4(quick_csv, tmp_path, c2st: dict) -> str:
+    """The report's text for the quick run's rows relabelled as two_moons at 10,000 simulations
+    with the given C2ST per method."""
     from harness.report import write_report
 
     with open(quick_csv, newline="") as fh:
         rows = {r["method"]: r for r in csv.DictReader(fh)}
-    c2st = {"skformer_score": "0.520", "skformer_flow": "0.700", "npe": "0.600",
-            "npse": "0.650", "fmpe": "0.610"}
     out = tmp_path / "r.csv"
     with open(out, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=COLUMNS)
@@ -232,9 +231,48 @@ def test_report_counts_each_skformer_method_against_the_best_baseline(quick_csv,
         for m, value in c2st.items():
             w.writerow({**rows[m], "task": "two_moons", "budget": "10000", "config": "default",
                         "status": "ok", "c2st": value})
-    text = write_report(out, tmp_path / "docs").read_text()
+    return write_report(out, tmp_path / "docs").read_text()
+
+
+def test_report_counts_each_skformer_method_against_the_best_baseline(quick_csv, tmp_path):
+    """At the defaults on an sbibm task at 10,000 simulations: the verdict and the target take
+    skformer's best method; the per-method counts judge each method alone."""
+    text = _report_on_two_moons_1e4(quick_csv, tmp_path, {
+        "skformer_score": "0.520", "skformer_flow": "0.700", "npe": "0.600", "npse": "0.650",
+        "fmpe": "0.610"})
     assert ("beats every baseline in 1 of 1 task / target / budget settings where both ran; "
             "skformer_score alone in 1 of 1; skformer_flow alone in 0 of 1.") in text
     assert "met on two_moons; not met on none" in text
     assert ("two_moons (posterior, 10,000 simulations): **skformer wins**: skformer_score C2ST "
             "0.520 vs best baseline npe 0.600.") in text
+
+
+def test_report_target_counts_a_tie_as_not_met(quick_csv, tmp_path):
+    """A gap under the tie threshold is neither a win in the counts nor a met target."""
+    text = _report_on_two_moons_1e4(quick_csv, tmp_path, {
+        "skformer_score": "0.598", "skformer_flow": "0.700", "npe": "0.600", "npse": "0.650",
+        "fmpe": "0.610"})
+    assert "beats every baseline in 0 of 1" in text
+    assert "skformer_score alone in 0 of 1" in text
+    assert "**tie**" in text
+    assert "met on none; not met on two_moons" in text
+
+
+def test_training_budget_records_each_variant_and_its_solver_steps(tmp_path, monkeypatch):
+    """The training-length study on the seed task, with a tiny model: one record per variant
+    and observation, a ``_stepsN`` variant samples the same fit with N steps, and a C2ST of a
+    model that learnt something is well below 1."""
+    import training_budget
+
+    tiny = {**QUICK_SKFORMER, "max_epochs": 30}
+    monkeypatch.setattr(training_budget, "VARIANTS", {"tiny": tiny, "tiny_steps5": tiny})
+    out = tmp_path / "budget.json"
+    recs = training_budget.run("seed", ["tiny", "tiny_steps5"], [1], budget=500, n_samples=500,
+                               seed=0, threads=1, method="flow", out=out)
+    assert [(r["variant"], r["steps"], r["method"]) for r in recs] == [
+        ("tiny", 20, "flow"), ("tiny_steps5", 5, "flow")]
+    assert recs[0]["train_s"] == recs[1]["train_s"]  # one fit, sampled twice
+    assert len(json.loads(out.read_text())) == 2
+    assert all(0.5 <= r["c2st"] < 0.9 for r in recs)
+    assert training_budget.solver_steps("epochs400_steps100") == 100
+    assert training_budget.solver_steps("epochs400") is None

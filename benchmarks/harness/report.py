@@ -167,10 +167,11 @@ def verdicts(s, metric: str) -> list[str]:
                 for m, v in zip(sk["method"], sk[metric]):
                     per_method.setdefault(m, [0, 0])[0] += bool(v < best_base[metric] - TIE)
                     per_method[m][1] += 1
+            won = best_sk[metric] < best_base[metric] - TIE  # the same rule as the counts
             if abs(best_sk[metric] - best_base[metric]) < TIE:
                 losses += current
                 verdict = f"**tie** (within {TIE})"
-            elif best_sk[metric] < best_base[metric]:
+            elif won:
                 wins += current
                 verdict = "**skformer wins**"
             else:
@@ -187,7 +188,7 @@ def verdicts(s, metric: str) -> list[str]:
             out.append(line + ".")
             if (current and target == "posterior" and task in SBIBM_TASKS
                     and int(budget) == 10_000):
-                (met if best_sk[metric] < best_base[metric] else missed).append(task)
+                (met if won else missed).append(task)
     head: list[str] = []
     if wins + losses:
         head.append(f"On the C2ST ({metric}), skformer's best method with its defaults beats "
