@@ -92,8 +92,11 @@ def main(argv=None):
     ap.add_argument("--samples", type=int, default=10_000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=OUT,
+                    help="JSON file to append to (one per job when running jobs side by side)")
     a = ap.parse_args(argv)
-    run(a.task, a.variants, a.observations, a.budget, a.samples, a.seed, a.threads, a.method)
+    run(a.task, a.variants, a.observations, a.budget, a.samples, a.seed, a.threads, a.method,
+        a.out)
 
 
 if __name__ == "__main__":
