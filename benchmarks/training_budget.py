@@ -68,7 +68,8 @@ def run(task_name, variants, observations, budget, n_samples, seed, threads, met
                                              random_state=k, steps=steps)
             score = c2st(samples, task.reference(k, n_samples, seed=k))
             rec = dict(task=task_name, method=method, variant=name, kwargs=kwargs, budget=budget,
-                       observation=k, steps=steps or est.sampling_steps, c2st=score, train_s=round(train_s, 1),
+                       observation=k, steps=steps or est.sampling_steps, c2st=score,
+                       train_s=round(train_s, 1),
                        epochs=est.n_iter_, best_epoch=est.best_epoch_ + 1,
                        early_stopped=bool(est.n_iter_ < est.max_epochs),
                        batch_size=est.batch_size, threads=threads,

@@ -135,6 +135,11 @@ def _table(s, show_config: bool) -> list[str]:
 TIE = 0.005  # C2ST gaps smaller than this are ties, not wins
 
 
+def _beats(value: float, baseline: float) -> bool:
+    """Whether a C2ST beats a baseline's by more than a tie (the rule of every count here)."""
+    return value < baseline - TIE
+
+
 def verdicts(s, metric: str) -> list[str]:
     """Plain statements, from the summary, of where skformer beats the baselines and where not."""
     out: list[str] = []
@@ -165,15 +170,15 @@ def verdicts(s, metric: str) -> list[str]:
             current = config == "default"  # the counts and targets are about the defaults
             if current:
                 for m, v in zip(sk["method"], sk[metric]):
-                    per_method.setdefault(m, [0, 0])[0] += bool(v < best_base[metric] - TIE)
+                    per_method.setdefault(m, [0, 0])[0] += _beats(v, best_base[metric])
                     per_method[m][1] += 1
-            won = best_sk[metric] < best_base[metric] - TIE  # the same rule as the counts
-            if abs(best_sk[metric] - best_base[metric]) < TIE:
-                losses += current
-                verdict = f"**tie** (within {TIE})"
-            elif won:
+            won = _beats(best_sk[metric], best_base[metric])
+            if won:
                 wins += current
                 verdict = "**skformer wins**"
+            elif not _beats(best_base[metric], best_sk[metric]):
+                losses += current
+                verdict = f"**tie** (within {TIE})"
             else:
                 losses += current
                 verdict = "**skformer loses**"
