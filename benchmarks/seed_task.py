@@ -28,8 +28,10 @@ import torch
 from scipy.stats import truncnorm
 from sklearn.exceptions import ConvergenceWarning
 
-from metrics import c2st
+import skformer
 from skformer import SimformerEstimator
+
+from metrics import c2st
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -92,6 +94,7 @@ def run(method: str, masks: str, n_sims: int, epochs: int, seed: int) -> dict:
         "network_calls": post.network_calls(),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "machine": machine(),
+        "skformer_version": skformer.__version__,
     }
 
 

@@ -5,9 +5,9 @@ p(theta | x_o), the likelihood p(x | theta_o) and a mixed conditional, each chec
 exact answer. Saves pairplots to examples/output/. Runs in about two minutes on 2 CPU cores.
 """
 
-from pathlib import Path
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning

@@ -13,9 +13,7 @@ matplotlib.use("Agg")
 # --- the tutorial's imports, changed to skformer -------------------------------------------
 import torch
 
-from skformer import pairplot
-from skformer import Simformer
-from skformer import BoxUniform
+from skformer import BoxUniform, Simformer, pairplot
 
 OUT = Path(__file__).resolve().parent / "output"
 OUT.mkdir(exist_ok=True)

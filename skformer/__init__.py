@@ -1,18 +1,20 @@
 """skformer: the Simformer (all-in-one simulation-based inference) as a scikit-learn estimator."""
 
-__version__ = "0.1.0"
-
+from skformer._version import SkformerVersionWarning, __version__
 from skformer.compat import BoxUniform, FlowMatchingSimformer, Simformer
 from skformer.conditional import Conditional
 from skformer.estimator import SimformerEstimator
+from skformer.io import load, save
 from skformer.layout import Layout
-from skformer.persistence import SkformerVersionWarning, load, save
+from skformer.model import SimformerModel, Standardiser
 from skformer.plot import pairplot, plot_loss
 
 __all__ = [
     "SimformerEstimator",
     "Conditional",
     "Layout",
+    "SimformerModel",
+    "Standardiser",
     "Simformer",
     "FlowMatchingSimformer",
     "BoxUniform",

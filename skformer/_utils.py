@@ -1,22 +1,42 @@
-"""Device choice, seeding and array conversion: each decided here and nowhere else."""
+"""Device choice, seeding and array conversion: each decided here and nowhere else.
+
+Seeding
+-------
+Every random draw of skformer comes from a generator made by :func:`make_generator` from a seed,
+and every seed comes from a ``random_state`` through one of two functions:
+
+* :func:`fit_seeds` -- the seed tree of a fit. One ``random_state`` becomes a
+  ``numpy.random.SeedSequence`` whose children seed, each on its own, the network's weights, the
+  validation split, the order of training rows, the training masks, the training noise and the
+  validation set's fixed masks and noise. Changing how one stream is used (more epochs, another
+  validation fraction) leaves the others' draws as they were.
+* :func:`seed_from` -- one seed for one call (``sample``, ``log_prob``, ``map``): the call's
+  ``random_state``, never the estimator's.
+
+The global torch and numpy random states are never used or changed.
+"""
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 
 __all__ = [
+    "DTYPE",
     "resolve_device",
-    "make_generator",
     "seed_from",
+    "FitSeeds",
+    "fit_seeds",
+    "make_generator",
     "as_float_tensor",
     "to_numpy",
-    "DTYPE",
 ]
 
 DTYPE = torch.float32
+"""The dtype of the network and of everything it sees."""
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -48,6 +68,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
+# ---------------------------------------------------------------------------------- seeding
 def seed_from(random_state) -> int:
     """Draw a 63-bit seed from anything scikit-learn accepts as ``random_state``.
 
@@ -68,22 +89,53 @@ def seed_from(random_state) -> int:
     )
 
 
-def make_generator(seed: int, device: torch.device) -> torch.Generator:
+@dataclass(frozen=True)
+class FitSeeds:
+    """The seeds of one fit, one per independent stream of randomness."""
+
+    weights: int
+    """Initial network weights."""
+    split: int
+    """Which rows are held out for validation."""
+    shuffle: int
+    """Order of the training rows in each epoch."""
+    masks: int
+    """Condition and edge masks of the training rows."""
+    noise: int
+    """Noise levels and noise of the training rows."""
+    validation: int
+    """Fixed masks, noise levels and noise of the validation rows."""
+
+
+def fit_seeds(random_state) -> FitSeeds:
+    """The seed tree of a fit: one seed per stream, all from ``random_state``.
+
+    The same ``random_state`` (an int) gives the same seeds on every machine and device.
+    """
+    names = [f.name for f in fields(FitSeeds)]
+    root = np.random.SeedSequence(seed_from(random_state))
+    seeds = [int(child.generate_state(1, dtype=np.uint64)[0] >> 1)
+             for child in root.spawn(len(names))]
+    return FitSeeds(**dict(zip(names, seeds, strict=True)))
+
+
+def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
     """A torch generator on ``device`` seeded with ``seed`` (the global RNG is not touched)."""
     gen = torch.Generator(device=device)
     gen.manual_seed(int(seed))
     return gen
 
 
-def as_float_tensor(values, device: torch.device) -> torch.Tensor:
-    """numpy / torch / pandas / nested lists -> float32 tensor on ``device`` (a copy)."""
+# ---------------------------------------------------------------------------------- arrays
+def as_float_tensor(values, device: torch.device, dtype: torch.dtype = DTYPE) -> torch.Tensor:
+    """numpy / torch / pandas / nested lists -> tensor of ``dtype`` on ``device`` (a copy)."""
     if isinstance(values, torch.Tensor):
-        return values.detach().to(device=device, dtype=DTYPE).clone()
+        return values.detach().to(device=device, dtype=dtype).clone()
     if hasattr(values, "to_numpy"):
         values = values.to_numpy()
     # a fresh, contiguous, writeable copy: negative strides and read-only memmaps are fine
     arr = np.array(values, dtype=np.float64, order="C", copy=True)
-    return torch.as_tensor(arr, dtype=DTYPE, device=device)
+    return torch.as_tensor(arr, dtype=dtype, device=device)
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:

@@ -1,14 +1,16 @@
 """SimformerEstimator: the Simformer as a scikit-learn density estimator.
 
-Reads like :class:`sklearn.neighbors.KernelDensity`: parameters are stored by ``__init__``,
-``fit`` validates, standardises and hands off to :mod:`skformer.training`, and inference methods
-validate their input and delegate to :class:`~skformer.conditional.Conditional`.
+Reads like :class:`sklearn.neighbors.KernelDensity`: ``__init__`` stores parameters, ``fit``
+runs named steps (validate, lay out, seed, build, split, train, warn) and hands the loop to
+:mod:`skformer.training`, and inference methods validate their input and delegate to
+:class:`~skformer.conditional.Conditional` over the fitted :class:`~skformer.model.SimformerModel`.
 """
 
 from __future__ import annotations
 
 import warnings
 from numbers import Integral, Real
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,20 +19,22 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from skformer._utils import as_float_tensor, make_generator, resolve_device, seed_from
-from skformer.conditional import Conditional, FittedModel
-from skformer.dynamics import METHODS, make_dynamics
+import skformer._version as _version
+from skformer._legacy import pickle_state_to_description
+from skformer._utils import FitSeeds, fit_seeds, resolve_device, to_numpy
+from skformer.conditional import Conditional
+from skformer.dynamics import METHODS, Dynamics, make_dynamics
 from skformer.dynamics.solvers import SOLVERS
 from skformer.layout import Layout
-from skformer.masks import CONDITION_MASK_NAMES, condition_sampler, edge_sampler
+from skformer.masks import CONDITION_MASK_NAMES, TrainingMasks
+from skformer.model import SimformerModel, Standardiser
 from skformer.network import MaskedTransformer
-from skformer.persistence import PersistenceMixin
-from skformer.training import TrainConfig, train
+from skformer.training import TrainConfig, TrainResult, train
 
 __all__ = ["SimformerEstimator"]
 
 
-class SimformerEstimator(PersistenceMixin, DensityMixin, BaseEstimator):
+class SimformerEstimator(DensityMixin, BaseEstimator):
     """All-in-one simulation-based inference: one masked Transformer for every conditional.
 
     Fit on simulations of the joint vector ``[theta, x]``; then ``condition(mask)`` gives any
@@ -50,12 +54,12 @@ class SimformerEstimator(PersistenceMixin, DensityMixin, BaseEstimator):
     condition_masks : str, callable, array-like or set, default="structured"
         Training-time condition masks (True = observed): "structured" (the paper's mixture of
         joint, posterior, likelihood and random masks), "bernoulli" (each variable observed with
-        probability 0.5), a callable ``(torch.Generator, n) -> (n, n_variables)`` bool array, a
-        collection of masks (one drawn per sample) or one fixed mask.
+        probability 0.5), a callable ``(numpy.random.Generator, n) -> (n, n_variables)`` bool
+        array, a collection of masks (one drawn per row) or one fixed mask.
     edge_masks : array-like, callable or None, default=None
         Training-time attention masks over variables (``[i, j]`` True: i attends to j): None for
-        full attention, one matrix, a collection (one drawn per sample), or a callable of the
-        (n, n_variables) condition masks.
+        full attention, one matrix, a collection (one drawn per row), or a callable of the
+        (n, n_variables) numpy bool condition masks.
     posterior_latent, posterior_observed : list of int or None, default=None
         Variable indexes of theta and x, from the posterior's point of view; used by
         ``posterior()``, ``likelihood()`` and the "structured" masks. None: variable 0 is
@@ -71,7 +75,8 @@ class SimformerEstimator(PersistenceMixin, DensityMixin, BaseEstimator):
         (``benchmarks/training_budget.py``: two_moons C2ST 0.66 at 100 epochs, 0.53 at 400).
     batch_size : int or "auto", default="auto"
         Rows per optimiser step. "auto": ``min(512, max(32, n_train // 16))``, so small data
-        sets still get about 16 steps per epoch and large ones fast epochs.
+        sets still get about 16 steps per epoch and large ones fast epochs. The value used is
+        ``batch_size_``.
     learning_rate : float, default=2e-3
         Peak learning rate of AdamW (linear warm-up, cosine decay).
     validation_fraction : float, default=0.1
@@ -81,26 +86,37 @@ class SimformerEstimator(PersistenceMixin, DensityMixin, BaseEstimator):
         epochs.
     n_iter_no_change : int, default=20
     tol : float, default=1e-4
+    solver : {"dpm", "heun", "euler", "sde"}, default="dpm"
+        Default solver of sampling: the probability-flow ODE with DPM-Solver++(3M), Heun or
+        Euler, or the reverse SDE with Euler-Maruyama (see :mod:`skformer.dynamics.solvers`).
     sampling_steps : int, default=20
         Default solver steps when sampling: one network call per step (Heun: two).
-    sampler : {"dpm", "heun", "euler", "sde"}, default="dpm"
-        Default solver: the probability-flow ODE with DPM-Solver++(3M), Heun or Euler, or the
-        reverse SDE with Euler-Maruyama (see :mod:`skformer.dynamics.solvers`).
+    log_prob_steps : int, default=20
+        Default ODE steps of log densities (``score_samples``, ``Conditional.log_prob``).
     device : str or torch.device, default="auto"
         "auto" (a GPU when present), "cpu", "cuda", "cuda:1", ...
-    random_state : int, RandomState instance or None, default=None
-        Seeds weight initialisation, data split, shuffling, masks and noise of ``fit``.
+    random_state : int, RandomState or Generator instance, or None, default=None
+        Seeds everything random in ``fit`` (see :func:`skformer._utils.fit_seeds`): weight
+        initialisation, validation split, shuffling, masks and noise.
     verbose : int, default=0
         Show a progress bar during training when positive.
 
     Attributes
     ----------
+    model_ : SimformerModel
+        The fitted model (network, dynamics, standardiser, layout) as one ``torch.nn.Module``.
     network_ : torch.nn.Module
         The trained masked Transformer (exponential moving average of the weights).
     layout_ : Layout
         Columns and their grouping into variables.
+    dynamics_ : Dynamics
+        The generative dynamics of ``method`` and ``sde``.
     mean_, scale_ : ndarray of shape (n_columns,)
         Per-column standardisation learned in fit.
+    device_ : torch.device
+        Where the model lives.
+    batch_size_ : int
+        The batch size used (``batch_size`` resolved).
     loss_curve_ : list of float
         Mean training loss per epoch.
     validation_scores_ : list of float
@@ -111,8 +127,6 @@ class SimformerEstimator(PersistenceMixin, DensityMixin, BaseEstimator):
         Epochs run.
     converged_ : bool
         Whether the validation loss settled before ``max_epochs``.
-    device_ : torch.device
-        Where the network lives.
     n_features_in_ : int
         Number of columns of the joint vector.
     feature_names_in_ : ndarray of shape (n_features_in_,)
@@ -143,7 +157,8 @@ class SimformerEstimator(PersistenceMixin, DensityMixin, BaseEstimator):
         "condition_masks": [StrOptions(set(CONDITION_MASK_NAMES)), callable, "array-like", set],
         "edge_masks": [None, callable, "array-like"],
         "posterior_latent": [None, "array-like", Interval(Integral, None, None, closed="neither")],
-        "posterior_observed": [None, "array-like", Interval(Integral, None, None, closed="neither")],
+        "posterior_observed": [None, "array-like",
+                               Interval(Integral, None, None, closed="neither")],
         "d_model": [Interval(Integral, 1, None, closed="left")],
         "n_layers": [Interval(Integral, 1, None, closed="left")],
         "n_heads": [Interval(Integral, 1, None, closed="left")],
@@ -154,10 +169,11 @@ class SimformerEstimator(PersistenceMixin, DensityMixin, BaseEstimator):
         "early_stopping": ["boolean"],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="left")],
+        "solver": [StrOptions(set(SOLVERS))],
         "sampling_steps": [Interval(Integral, 1, None, closed="left")],
-        "sampler": [StrOptions(set(SOLVERS))],
+        "log_prob_steps": [Interval(Integral, 2, None, closed="left")],
         "device": [str, torch.device, HasMethods("type")],
-        "random_state": ["random_state"],
+        "random_state": ["random_state", np.random.Generator],
         "verbose": ["verbose"],
     }
 
@@ -181,8 +197,9 @@ class SimformerEstimator(PersistenceMixin, DensityMixin, BaseEstimator):
         early_stopping=True,
         n_iter_no_change=20,
         tol=1e-4,
+        solver="dpm",
         sampling_steps=20,
-        sampler="dpm",
+        log_prob_steps=20,
         device="auto",
         random_state=None,
         verbose=0,
@@ -204,11 +221,43 @@ class SimformerEstimator(PersistenceMixin, DensityMixin, BaseEstimator):
         self.early_stopping = early_stopping
         self.n_iter_no_change = n_iter_no_change
         self.tol = tol
+        self.solver = solver
         self.sampling_steps = sampling_steps
-        self.sampler = sampler
+        self.log_prob_steps = log_prob_steps
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
+
+    # ------------------------------------------------------------------ fitted views
+    @property
+    def network_(self) -> MaskedTransformer:
+        return self._model().network
+
+    @property
+    def layout_(self) -> Layout:
+        return self._model().layout
+
+    @property
+    def dynamics_(self) -> Dynamics:
+        return self._model().dynamics
+
+    @property
+    def mean_(self) -> np.ndarray:
+        return to_numpy(self._model().standardiser.mean)
+
+    @property
+    def scale_(self) -> np.ndarray:
+        return to_numpy(self._model().standardiser.scale)
+
+    @property
+    def device_(self) -> torch.device:
+        return self._model().device
+
+    def _model(self) -> SimformerModel:
+        try:
+            return self.__dict__["model_"]
+        except KeyError:
+            raise AttributeError("this SimformerEstimator is not fitted yet") from None
 
     # ------------------------------------------------------------------ input handling
     def _validate_X(self, X, reset: bool) -> np.ndarray:
@@ -236,6 +285,7 @@ class SimformerEstimator(PersistenceMixin, DensityMixin, BaseEstimator):
         return X
 
     def _make_layout(self, n_columns: int) -> Layout:
+        """The grouping of columns into variables, from the input shape or ``variables``."""
         if getattr(self, "input_shape_", None) is not None:
             V, F = self.input_shape_
             if self.variables is not None:
@@ -301,10 +351,10 @@ class SimformerEstimator(PersistenceMixin, DensityMixin, BaseEstimator):
         tags.input_tags.allow_nan = False  # fit and score_samples reject NaN and infinity
         tags.input_tags.sparse = False
         tags.target_tags.required = False  # unsupervised: y is ignored
-        # On the CPU a fixed random_state makes fit bitwise reproducible, and score_samples
-        # (fixed time grid, fixed Hutchinson probes) is a deterministic function of each row.
-        # CUDA kernels (atomic adds in backward passes, batch-size-dependent GEMM algorithms)
-        # give no such guarantee, so results there may differ in the last bits.
+        # On the CPU a fixed random_state makes fit reproducible, and score_samples (fixed time
+        # grid, fixed Hutchinson probes) is a deterministic function of each row. CUDA kernels
+        # (atomic adds in backward passes, batch-size-dependent GEMM algorithms) give no such
+        # guarantee, so results there may differ in the last bits.
         tags.non_deterministic = self._on_accelerator()
         return tags
 
@@ -351,87 +401,87 @@ class SimformerEstimator(PersistenceMixin, DensityMixin, BaseEstimator):
                 f"X needs at least 2 samples (rows) to fit; got {X.shape[0]} sample."
             )
         layout = self._make_layout(X.shape[1])
-        latent, observed = self._training_split(layout)
-        cond = condition_sampler(self.condition_masks, layout, latent, observed)
-        edge = edge_sampler(self.edge_masks, layout)
+        split = self._training_split(layout)
+        device = resolve_device(self.device)
+        seeds = fit_seeds(self.random_state)
+        masks = TrainingMasks(self.condition_masks, self.edge_masks, layout, split, seeds.masks,
+                              device)
+        validation_masks = TrainingMasks(self.condition_masks, self.edge_masks, layout, split,
+                                         seeds.validation, device)
+        model = self._build_model(X, layout, seeds).to(device)
+        x_train, x_val = self._split_rows(model.standardiser(torch.as_tensor(X).to(device)),
+                                          seeds)
+        self.batch_size_ = self._resolve_batch_size(x_train.shape[0])
+        network, result = train(model.network, model.dynamics, x_train, x_val, masks,
+                                validation_masks, self._train_config(), seeds)
+        model.network = network
+        self.model_ = model.requires_grad_(False).eval()
+        self._record(result)
+        self._warn_if_not_converged(result, has_validation=x_val is not None)
+        return self
+
+    def _build_model(self, X: np.ndarray, layout: Layout, seeds: FitSeeds) -> SimformerModel:
+        """An untrained model: standardiser fitted to X, dynamics, freshly seeded network."""
         if self.d_model % self.n_heads:
             raise ValueError(
                 f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})."
             )
-        device = resolve_device(self.device)
-        dynamics = make_dynamics(self.method, self.sde)
-
-        seeds = np.random.SeedSequence(seed_from(self.random_state)).generate_state(4)
-        cpu_gen = make_generator(int(seeds[0]), torch.device("cpu"))
-        dev_gen = make_generator(int(seeds[1]), device)
-
-        mean = X.mean(axis=0)
-        scale = X.std(axis=0)
-        scale[scale < 1e-12 * np.maximum(1.0, np.abs(mean))] = 1.0
-        Z = as_float_tensor((X - mean) / scale, device)
-        n_val = int(round(self.validation_fraction * X.shape[0]))
-        if X.shape[0] - n_val < 1:
-            n_val = 0
-        perm = torch.randperm(X.shape[0], generator=cpu_gen).to(device)
-        x_val, x_train = Z[perm[:n_val]], Z[perm[n_val:]]
-
+        dynamics = make_dynamics(self.method, {"sde": self.sde} if self.method == "score" else {})
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(seeds[2]))
-            net = MaskedTransformer(layout.n_columns, self.d_model, self.n_layers, self.n_heads)
-        net = net.to(device)
-        config = TrainConfig(
+            torch.manual_seed(seeds.weights)
+            network = MaskedTransformer(layout.n_columns, self.d_model, self.n_layers,
+                                        self.n_heads)
+        return SimformerModel(network, dynamics, Standardiser.from_data(torch.as_tensor(X)),
+                              layout)
+
+    def _split_rows(self, Z: torch.Tensor, seeds: FitSeeds
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Training rows and validation rows (None without a validation set)."""
+        n_val = int(round(self.validation_fraction * Z.shape[0]))
+        if Z.shape[0] - n_val < 1:
+            n_val = 0
+        perm = torch.as_tensor(np.random.default_rng(seeds.split).permutation(Z.shape[0]),
+                               device=Z.device)
+        return Z[perm[n_val:]], (Z[perm[:n_val]] if n_val else None)
+
+    def _resolve_batch_size(self, n_train: int) -> int:
+        if self.batch_size == "auto":
+            return min(512, max(32, n_train // 16))
+        return int(self.batch_size)
+
+    def _train_config(self) -> TrainConfig:
+        return TrainConfig(
             max_epochs=self.max_epochs,
-            batch_size=self._batch_size(x_train.shape[0]),
+            batch_size=self.batch_size_,
             learning_rate=self.learning_rate,
             early_stopping=self.early_stopping,
             n_iter_no_change=self.n_iter_no_change,
             tol=self.tol,
             verbose=self.verbose,
         )
-        net, result = train(
-            net, dynamics, x_train, x_val if n_val else None, layout, cond, edge, config,
-            cpu_gen, dev_gen,
-        )
 
-        self.layout_ = layout
-        self.mean_, self.scale_ = mean, scale
-        self.device_ = device
-        self.dynamics_ = dynamics
-        self.network_ = net
+    def _record(self, result: TrainResult) -> None:
         self.loss_curve_ = result.loss_curve
         self.validation_scores_ = result.validation_scores
         self.best_epoch_ = result.best_epoch
         self.n_iter_ = result.n_iter
         self.converged_ = result.converged
+
+    def _warn_if_not_converged(self, result: TrainResult, has_validation: bool) -> None:
         if not result.converged and not result.interrupted:
             warnings.warn(
                 f"max_epochs={self.max_epochs} reached while the "
-                f"{'validation' if n_val else 'training'} loss was still improving; consider "
-                "a larger max_epochs.",
+                f"{'validation' if has_validation else 'training'} loss was still improving; "
+                "consider a larger max_epochs.",
                 ConvergenceWarning,
-                stacklevel=4,  # _fit, fit, _fit_context's wrapper, the caller
+                stacklevel=5,  # here, _fit, fit, _fit_context's wrapper, the caller
             )
-        return self
-
-    def _batch_size(self, n_train: int) -> int:
-        if self.batch_size == "auto":
-            return min(512, max(32, n_train // 16))
-        return self.batch_size
 
     # ------------------------------------------------------------------ inference
-    def _fitted_model(self) -> FittedModel:
-        check_is_fitted(self, "network_")
-        d = self.device_
-        return FittedModel(
-            network=self.network_,
-            dynamics=self.dynamics_,
-            layout=self.layout_,
-            mean=torch.as_tensor(self.mean_, dtype=torch.float32, device=d),
-            scale=torch.as_tensor(self.scale_, dtype=torch.float32, device=d),
-            device=d,
-            sampling_steps=self.sampling_steps,
-            solver=self.sampler,
-        )
+    def _conditional(self, condition_columns, edge_columns, returned=None) -> Conditional:
+        return Conditional(self.model_, condition_columns, edge_columns, returned=returned,
+                           solver=self.solver, sampling_steps=self.sampling_steps,
+                           log_prob_steps=self.log_prob_steps)
 
     def condition(self, condition_mask, edge_mask=None) -> Conditional:
         """The conditional distribution for one condition mask (True = observed).
@@ -446,33 +496,37 @@ class SimformerEstimator(PersistenceMixin, DensityMixin, BaseEstimator):
         -------
         Conditional
         """
-        model = self._fitted_model()
-        cols = self.layout_.condition_columns(condition_mask)
-        return Conditional(model, cols, self.layout_.edge_columns(edge_mask))
+        check_is_fitted(self, "model_")
+        layout = self.layout_
+        return self._conditional(layout.condition_columns(condition_mask),
+                                 layout.edge_columns(edge_mask))
 
-    def _split_mask(self, observed_vars: list[int], returned_vars: list[int], edge_mask):
-        model = self._fitted_model()
+    def _split_conditional(self, observed_vars: list[int], returned_vars: list[int], edge_mask):
         layout = self.layout_
         var_mask = np.zeros(layout.n_variables, dtype=bool)
         var_mask[observed_vars] = True
-        cols = layout.condition_columns(var_mask)
         keep = np.isin(layout.column_variable, returned_vars)
-        return Conditional(model, cols, layout.edge_columns(edge_mask), returned=keep)
+        return self._conditional(layout.condition_columns(var_mask),
+                                 layout.edge_columns(edge_mask), returned=keep)
 
     def posterior(self, edge_mask=None) -> Conditional:
         """p(posterior_latent | posterior_observed); other variables are marginalised out."""
-        check_is_fitted(self, "network_")
+        check_is_fitted(self, "model_")
         latent, observed = self._posterior_indexes(self.layout_)
-        return self._split_mask(observed, latent, edge_mask)
+        return self._split_conditional(observed, latent, edge_mask)
 
     def likelihood(self, edge_mask=None) -> Conditional:
         """p(posterior_observed | posterior_latent); other variables are marginalised out."""
-        check_is_fitted(self, "network_")
+        check_is_fitted(self, "model_")
         latent, observed = self._posterior_indexes(self.layout_)
-        return self._split_mask(latent, observed, edge_mask)
+        return self._split_conditional(latent, observed, edge_mask)
 
-    def set_condition_indexes(self, new_posterior_latent_idx=None, new_posterior_observed_idx=None):
+    def set_condition_indexes(self, new_posterior_latent_idx=None,
+                              new_posterior_observed_idx=None):
         """Set which variables ``posterior()`` treats as latent (theta) and observed (x).
+
+        The seed tutorial's name for ``set_params(posterior_latent=...,
+        posterior_observed=...)``.
 
         Parameters
         ----------
@@ -483,15 +537,20 @@ class SimformerEstimator(PersistenceMixin, DensityMixin, BaseEstimator):
         -------
         self
         """
+        changes = {}
         if new_posterior_latent_idx is not None:
-            self.posterior_latent = list(new_posterior_latent_idx)
+            changes["posterior_latent"] = list(new_posterior_latent_idx)
         if new_posterior_observed_idx is not None:
-            self.posterior_observed = list(new_posterior_observed_idx)
-        return self
+            changes["posterior_observed"] = list(new_posterior_observed_idx)
+        return self.set_params(**changes)
+
+    def _joint(self) -> Conditional:
+        check_is_fitted(self, "model_")
+        return self._conditional(np.zeros(self.layout_.n_columns, dtype=bool), None)
 
     def score_samples(self, X):
         """Joint log density of each row, by the probability-flow ODE (exact divergence up to
-        16 columns, Hutchinson's estimator above).
+        16 columns, Hutchinson's estimator above; ``log_prob_steps`` steps).
 
         Parameters
         ----------
@@ -502,10 +561,8 @@ class SimformerEstimator(PersistenceMixin, DensityMixin, BaseEstimator):
         ndarray of shape (n_samples,)
             Log density in the units of X.
         """
-        model = self._fitted_model()
-        X = self._validate_X(X, reset=False)
-        joint = Conditional(model, np.zeros(self.layout_.n_columns, dtype=bool), None)
-        return joint.log_prob(X)
+        joint = self._joint()
+        return joint.log_prob(self._validate_X(X, reset=False))
 
     def score(self, X, y=None):
         """Mean joint log density of the rows of X (higher is better).
@@ -539,6 +596,82 @@ class SimformerEstimator(PersistenceMixin, DensityMixin, BaseEstimator):
         -------
         ndarray of shape (n_samples, n_columns)
         """
-        model = self._fitted_model()
-        cond = Conditional(model, np.zeros(self.layout_.n_columns, dtype=bool), None)
-        return cond.sample(n_samples, random_state=random_state)
+        return self._joint().sample(n_samples, random_state=random_state)
+
+    # ------------------------------------------------------------------ description
+    def _describe(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """A plain description of this estimator and its weights, for persistence.
+
+        Returns ``(description, tensors)``: the description holds the class name, the skformer
+        version, the parameters, the fitted attributes other than the model, and the model's
+        own description (:meth:`SimformerModel.describe`) when fitted; ``tensors`` is the
+        model's ``state_dict`` as CPU copies. No training data: the estimator keeps none.
+        """
+        params = self.get_params(deep=False)
+        fitted = {k: v for k, v in vars(self).items() if k not in params and k != "model_"}
+        description = {"estimator": type(self).__name__, "skformer_version": _version.__version__,
+                       "params": params, "fitted": fitted}
+        tensors: dict[str, torch.Tensor] = {}
+        model = self.__dict__.get("model_")
+        if model is not None:
+            description["model"] = model.describe()
+            tensors = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        return description, tensors
+
+    @classmethod
+    def _from_description(cls, description: dict[str, Any], tensors: dict[str, torch.Tensor],
+                          validate: bool = True) -> SimformerEstimator:
+        """Inverse of :meth:`_describe`; raises ValueError for anything :meth:`_describe` would
+        not have written. The model goes to ``resolve_device(device)``.
+
+        ``validate``: check the parameters with the estimator's own rules (for files from
+        anywhere). A pickle, trusted by definition, comes back as it went, parameters that
+        ``fit`` would refuse included.
+        """
+        name = description.get("estimator")
+        if name != cls.__name__:
+            raise ValueError(f"the description is of a {name!r}; expected a {cls.__name__}.")
+        _version.check_version(description.get("skformer_version"), cls.__name__, stacklevel=4)
+        est = cls()
+        known = est.get_params(deep=False)
+        params, fitted = description.get("params"), description.get("fitted")
+        if not isinstance(params, dict) or not isinstance(fitted, dict):
+            raise ValueError("the description needs 'params' and 'fitted' mappings.")
+        unknown = sorted(set(params) - set(known))
+        if unknown:
+            raise ValueError(
+                f"parameters {unknown} are not parameters of this skformer's {cls.__name__} "
+                f"(it has {sorted(known)}); written by skformer "
+                f"{description.get('skformer_version')}."
+            )
+        bad = sorted(
+            str(k) for k in fitted
+            if not isinstance(k, str) or not k.isidentifier() or k.startswith("__")
+            or k in known or hasattr(cls, k) or k == "model_"
+        )
+        if bad:
+            raise ValueError(
+                f"fitted attribute names must be new identifiers that shadow no parameter or "
+                f"method; got {bad}."
+            )
+        est.set_params(**params)
+        if validate:
+            est._validate_params()
+        if "model" in description:
+            est.model_ = SimformerModel.from_description(description["model"], dict(tensors),
+                                                         resolve_device(est.device))
+        elif tensors:
+            raise ValueError("the description holds weights but no model.")
+        vars(est).update(fitted)
+        return est
+
+    def __getstate__(self) -> dict[str, Any]:
+        description, tensors = self._describe()
+        return {"description": description, "tensors": tensors}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "description" not in state:  # pickled by skformer 0.1
+            state = pickle_state_to_description(state)
+        restored = type(self)._from_description(state["description"], state["tensors"],
+                                                validate=False)
+        self.__dict__.update(restored.__dict__)

@@ -10,8 +10,8 @@ and knows nothing of the estimator: it wraps a ``denoise(x, sigma)`` callable an
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -55,13 +55,14 @@ class LinearConstraints:
         return guided
 
 
-def parse_constraints(constraints, column_names, observed_columns, mean, scale
-                      ) -> LinearConstraints:
+def parse_constraints(constraints, column_names, observed_columns, mean: torch.Tensor,
+                      scale: torch.Tensor) -> LinearConstraints:
     """``{column: (low, high)}`` and / or ``[(weights, low, high), ...]`` in data units ->
     :class:`LinearConstraints` in standardised units (``x_data = x * scale + mean``).
 
     Columns are indexes of the joint vector or names from ``column_names``; constraints may
-    involve latent columns only (those not in ``observed_columns``).
+    involve latent columns only (those not in ``observed_columns``). ``mean`` and ``scale``
+    (tensors of shape (n_columns,)) give the device of the result.
     """
     T = len(column_names)
     if isinstance(constraints, dict):
@@ -110,11 +111,12 @@ def parse_constraints(constraints, column_names, observed_columns, mean, scale
         rows.append(weights)
         lows.append(low)
         highs.append(high)
-    device = mean.device
-    A = torch.as_tensor(np.stack(rows), dtype=torch.float32, device=device)
+    mean, scale = mean.double(), scale.double()
+    A = torch.as_tensor(np.stack(rows), dtype=torch.float64, device=mean.device)
     offset = A @ mean
-    return LinearConstraints(A * scale, torch.tensor(lows, device=device) - offset,
-                             torch.tensor(highs, device=device) - offset)
+    low = torch.tensor(lows, dtype=torch.float64, device=mean.device) - offset
+    high = torch.tensor(highs, dtype=torch.float64, device=mean.device) - offset
+    return LinearConstraints((A * scale).float(), low.float(), high.float())
 
 
 def _column_index(key, column_names) -> int:

@@ -3,21 +3,23 @@
 A *column* is one scalar of the joint vector and becomes one token of the network. A *variable*
 is a group of columns that masks address as one unit (all of theta, say). Masks may be given per
 variable or per column; :class:`Layout` expands variable masks to column masks here and nowhere
-else, and names the expected shapes in its errors.
+else, for numpy arrays and torch tensors alike, and names the expected shapes in its errors.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
 
-__all__ = ["Layout"]
+__all__ = ["Layout", "as_bool_array"]
 
 
-def _as_bool_array(mask, what: str) -> np.ndarray:
+def as_bool_array(mask, what: str) -> np.ndarray:
+    """A user's mask (bools or 0 / 1; numpy, torch or nested lists) -> numpy bool array."""
     if isinstance(mask, torch.Tensor):
         mask = mask.detach().cpu().numpy()
     try:
@@ -33,6 +35,12 @@ def _as_bool_array(mask, what: str) -> np.ndarray:
     return arr
 
 
+def _eye_like(n: int, array):
+    if isinstance(array, torch.Tensor):
+        return torch.eye(n, dtype=torch.bool, device=array.device)
+    return np.eye(n, dtype=bool)
+
+
 @dataclass(frozen=True)
 class Layout:
     """How the columns of the joint vector group into variables.
@@ -43,6 +51,14 @@ class Layout:
         For each variable, the indexes of its columns. Together they partition the columns.
     names : tuple of str
         One name per variable.
+
+    Examples
+    --------
+    >>> layout = Layout.from_spec(5, [2, 3], names=["theta", "x"])
+    >>> layout.column_names
+    ['theta[0]', 'theta[1]', 'x[0]', 'x[1]', 'x[2]']
+    >>> layout.condition_columns([False, True]).tolist()
+    [False, False, True, True, True]
     """
 
     groups: tuple[tuple[int, ...], ...]
@@ -77,7 +93,8 @@ class Layout:
                         f"columns ({n_columns}); got {sizes} (sum {sum(sizes)})."
                     )
                 edges = np.cumsum([0, *sizes])
-                groups = tuple(tuple(range(a, b)) for a, b in zip(edges[:-1], edges[1:]))
+                groups = tuple(tuple(range(a, b))
+                               for a, b in zip(edges[:-1], edges[1:], strict=True))
             else:
                 try:
                     groups = tuple(tuple(int(c) for c in g) for g in variables)
@@ -99,7 +116,25 @@ class Layout:
             raise ValueError(f"{len(groups)} variables but {len(names)} names.")
         return cls(groups=groups, names=names)
 
-    # ------------------------------------------------------------------ sizes
+    def to_dict(self) -> dict:
+        """A JSON-ready description (see :meth:`from_dict`)."""
+        return {"groups": [list(g) for g in self.groups], "names": list(self.names)}
+
+    @classmethod
+    def from_dict(cls, d) -> Layout:
+        """Inverse of :meth:`to_dict`; checks that the groups partition the columns."""
+        if not isinstance(d, dict) or not isinstance(d.get("groups"), list):
+            raise ValueError(f"a layout must be a mapping with 'groups' and 'names'; got {d!r}.")
+        groups = d["groups"]
+        if not all(isinstance(g, list) and all(type(c) is int for c in g) for g in groups):
+            raise ValueError(f"layout groups must be lists of column indexes; got {groups!r}.")
+        names = d.get("names")
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"layout names must be a list of strings; got {names!r}.")
+        n_columns = sum(len(g) for g in groups)
+        return cls.from_spec(n_columns, groups, names)
+
+    # ------------------------------------------------------------------ sizes and names
     @property
     def n_variables(self) -> int:
         return len(self.groups)
@@ -108,74 +143,33 @@ class Layout:
     def n_columns(self) -> int:
         return sum(len(g) for g in self.groups)
 
-    @property
+    @cached_property
     def column_variable(self) -> np.ndarray:
         """For each column, the index of its variable: int array of shape (n_columns,)."""
         out = np.empty(self.n_columns, dtype=np.int64)
         for v, g in enumerate(self.groups):
             out[list(g)] = v
+        out.setflags(write=False)
         return out
+
+    def _column_variable_like(self, array):
+        """:attr:`column_variable` as an index for ``array``: the numpy array, or a tensor on
+        ``array``'s device (made once per device)."""
+        if not isinstance(array, torch.Tensor):
+            return self.column_variable
+        cache = self.__dict__.setdefault("_index_cache", {})
+        if array.device not in cache:
+            cache[array.device] = torch.tensor(self.column_variable, device=array.device)
+        return cache[array.device]
 
     @property
     def column_names(self) -> list[str]:
         """One name per column: the variable name, with ``[k]`` for multi-column variables."""
         out = [""] * self.n_columns
-        for name, g in zip(self.names, self.groups):
+        for name, g in zip(self.names, self.groups, strict=True):
             for k, c in enumerate(g):
                 out[c] = name if len(g) == 1 else f"{name}[{k}]"
         return out
-
-    def to_dict(self) -> dict:
-        return {"groups": [list(g) for g in self.groups], "names": list(self.names)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Layout:
-        return cls(groups=tuple(tuple(int(c) for c in g) for g in d["groups"]),
-                   names=tuple(str(n) for n in d["names"]))
-
-    # ------------------------------------------------------------------ inference-time masks
-    def condition_columns(self, condition_mask) -> np.ndarray:
-        """Normalise one condition mask (True = observed) to a column mask of shape (n_columns,).
-
-        Accepts one entry per variable or one per column. Raises ``ValueError`` for any other
-        length, for non-boolean values, and when nothing is left latent.
-        """
-        arr = _as_bool_array(condition_mask, "condition_mask").reshape(-1)
-        V, T = self.n_variables, self.n_columns
-        if arr.shape[0] == V:
-            cols = arr[self.column_variable]
-        elif arr.shape[0] == T:
-            cols = arr
-        else:
-            expected = f"{V} (one per variable)" + (f" or {T} (one per column)" if T != V else "")
-            raise ValueError(
-                f"condition_mask must have length {expected}; got length {arr.shape[0]}."
-            )
-        if cols.all():
-            raise ValueError(
-                "condition_mask marks every variable as observed (True); at least one must be "
-                "latent (False) to have something to sample."
-            )
-        return cols
-
-    def edge_columns(self, edge_mask) -> np.ndarray | None:
-        """Normalise one edge mask to a column matrix of shape (n_columns, n_columns), or None.
-
-        ``edge_mask[i, j]`` True lets token i attend to token j; the diagonal is always set.
-        """
-        if edge_mask is None:
-            return None
-        arr = _as_bool_array(edge_mask, "edge_mask")
-        V, T = self.n_variables, self.n_columns
-        if arr.shape == (V, V):
-            c2v = self.column_variable
-            arr = arr[np.ix_(c2v, c2v)]
-        elif arr.shape != (T, T):
-            expected = f"({V}, {V})" + (f" or ({T}, {T})" if T != V else "")
-            raise ValueError(f"edge_mask must have shape {expected}; got {arr.shape}.")
-        arr = arr.copy()
-        np.fill_diagonal(arr, True)
-        return arr
 
     def variable_indexes(self, idx, what: str) -> list[int]:
         """Validate a list of variable indexes (e.g. ``posterior_latent``)."""
@@ -192,28 +186,68 @@ class Layout:
             )
         return [i % self.n_variables for i in out]
 
-    # ------------------------------------------------------------------ training-time masks
-    def condition_batch(self, masks: torch.Tensor) -> torch.Tensor:
-        """Expand (batch, n_variables) or (batch, n_columns) bool masks to column masks."""
-        if masks.shape[-1] == self.n_variables:
-            return masks[:, torch.as_tensor(self.column_variable, device=masks.device)]
-        if masks.shape[-1] == self.n_columns:
+    # ------------------------------------------------------------------ expansion
+    def expand_condition(self, masks):
+        """Condition masks of shape (..., n_variables) or (..., n_columns) -> (..., n_columns).
+
+        Works on numpy arrays and torch tensors alike. A variable mask wins where both sizes
+        agree (one column per variable, in any order).
+        """
+        n = masks.shape[-1]
+        if n == self.n_variables:
+            return masks[..., self._column_variable_like(masks)]
+        if n == self.n_columns:
             return masks
         raise ValueError(
             f"condition masks must have {self.n_variables} (variables) or {self.n_columns} "
-            f"(columns) entries per sample; got shape {tuple(masks.shape)}."
+            f"(columns) entries; got shape {tuple(masks.shape)}."
         )
 
-    def edge_batch(self, masks: torch.Tensor) -> torch.Tensor:
-        """Expand (batch, V, V) or (batch, T, T) bool edge masks to column matrices, diag set."""
+    def expand_edges(self, masks):
+        """Edge masks of shape (..., V, V) or (..., T, T) -> (..., T, T), diagonal set.
+
+        ``[..., i, j]`` True lets token i attend to token j; every token attends to itself.
+        """
         V, T = self.n_variables, self.n_columns
-        if masks.shape[-2:] == (V, V):
-            c2v = torch.as_tensor(self.column_variable, device=masks.device)
-            masks = masks[:, c2v][:, :, c2v]
-        elif masks.shape[-2:] != (T, T):
+        if tuple(masks.shape[-2:]) == (V, V):
+            c2v = self._column_variable_like(masks)
+            masks = masks[..., c2v[:, None], c2v[None, :]]
+        elif tuple(masks.shape[-2:]) != (T, T):
+            expected = f"({V}, {V})" + (f" or ({T}, {T})" if T != V else "")
             raise ValueError(
-                f"edge masks must have shape (batch, {V}, {V}) or (batch, {T}, {T}); "
-                f"got {tuple(masks.shape)}."
+                f"edge masks must have shape {expected} per mask; got {tuple(masks.shape)}."
             )
-        eye = torch.eye(T, dtype=torch.bool, device=masks.device)
-        return masks | eye
+        return masks | _eye_like(T, masks)
+
+    # ------------------------------------------------------------------ one user mask
+    def condition_columns(self, condition_mask) -> np.ndarray:
+        """Validate one condition mask (True = observed) -> column mask of shape (n_columns,).
+
+        Accepts one entry per variable or one per column. Raises ``ValueError`` for any other
+        length, for non-boolean values, and when nothing is left latent.
+        """
+        arr = as_bool_array(condition_mask, "condition_mask").reshape(-1)
+        V, T = self.n_variables, self.n_columns
+        if arr.shape[0] not in (V, T):
+            expected = f"{V} (one per variable)" + (f" or {T} (one per column)" if T != V else "")
+            raise ValueError(
+                f"condition_mask must have length {expected}; got length {arr.shape[0]}."
+            )
+        cols = self.expand_condition(arr)
+        if cols.all():
+            raise ValueError(
+                "condition_mask marks every variable as observed (True); at least one must be "
+                "latent (False) to have something to sample."
+            )
+        return cols
+
+    def edge_columns(self, edge_mask) -> np.ndarray | None:
+        """Validate one edge mask -> column matrix of shape (n_columns, n_columns), or None."""
+        if edge_mask is None:
+            return None
+        arr = as_bool_array(edge_mask, "edge_mask")
+        V, T = self.n_variables, self.n_columns
+        if arr.shape not in ((V, V), (T, T)):
+            expected = f"({V}, {V})" + (f" or ({T}, {T})" if T != V else "")
+            raise ValueError(f"edge_mask must have shape {expected}; got {arr.shape}.")
+        return self.expand_edges(arr)

@@ -1,11 +1,9 @@
 """Training-time condition and edge masks.
 
-During training every sample gets its own condition mask (True = observed), so that one network
-learns every conditional of the joint. A sampler here is a callable ``(generator, n) -> masks``
-returning a bool tensor of shape (n, n_variables) or (n, n_columns) on the CPU; the estimator
-builds one from its ``condition_masks`` / ``edge_masks`` parameters with
-:func:`condition_sampler` and :func:`edge_sampler`, and :class:`~skformer.layout.Layout`
-expands the result to columns.
+During training every row gets its own condition mask (True = observed), so that one network
+learns every conditional of the joint, and optionally its own attention (edge) mask.
+:class:`TrainingMasks` turns the estimator's ``condition_masks`` / ``edge_masks`` parameters
+into draws on the training device; :class:`~skformer.layout.Layout` expands them to columns.
 
 Named condition-mask generators:
 
@@ -13,9 +11,13 @@ Named condition-mask generators:
     Each variable observed with probability 0.5; a draw with everything observed gets one
     variable, chosen uniformly, flipped to latent (the seed tutorial's default).
 ``"structured"``
-    The Simformer paper's per-sample mixture, in equal parts: the joint (nothing observed), the
+    The Simformer paper's per-row mixture, in equal parts: the joint (nothing observed), the
     posterior and the likelihood (from ``posterior_latent`` / ``posterior_observed``), and
     Bernoulli(0.3) and Bernoulli(0.7) masks, each with the same all-observed fix.
+
+A user's callable ``condition_masks(rng, n)`` receives a ``numpy.random.Generator`` and returns
+a numpy-compatible bool array of shape (n, n_variables); a callable ``edge_masks(masks)``
+receives those condition masks as a numpy bool array and returns (n, V, V) or (V, V) bools.
 """
 
 from __future__ import annotations
@@ -25,96 +27,99 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from skformer.layout import Layout, _as_bool_array
+from skformer._utils import make_generator
+from skformer.layout import Layout, as_bool_array
 
-__all__ = ["condition_sampler", "edge_sampler", "CONDITION_MASK_NAMES"]
+__all__ = ["CONDITION_MASK_NAMES", "TrainingMasks", "condition_sampler", "edge_sampler"]
 
 CONDITION_MASK_NAMES = ("bernoulli", "structured")
 
-Sampler = Callable[[torch.Generator, int], torch.Tensor]
+ConditionSampler = Callable[[int], torch.Tensor]
+"""``n -> (n, n_variables)`` or ``(n, n_columns)`` bool tensor on the training device."""
+EdgeSampler = Callable[[torch.Tensor], torch.Tensor]
+"""condition masks as drawn ``(n, ...)`` -> ``(n, n_columns, n_columns)`` bool tensor."""
 
 
-def _fix_all_observed(masks: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def fix_all_observed(masks: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Flip one uniformly chosen entry to latent in rows where every entry is observed."""
-    full = masks.all(dim=1)
-    if full.any():
-        pick = torch.randint(masks.shape[1], (masks.shape[0],), generator=gen)
-        flip = torch.nn.functional.one_hot(pick, masks.shape[1]).bool() & full[:, None]
-        masks = masks & ~flip
-    return masks
+    pick = torch.randint(masks.shape[1], (masks.shape[0],), generator=gen, device=masks.device)
+    flip = torch.nn.functional.one_hot(pick, masks.shape[1]).bool()
+    return masks & ~(flip & masks.all(dim=1, keepdim=True))
 
 
-def _bernoulli(p: float, n_vars: int) -> Sampler:
-    def sample(gen: torch.Generator, n: int) -> torch.Tensor:
-        return _fix_all_observed(torch.rand(n, n_vars, generator=gen) < p, gen)
+def _bernoulli(p: float, n_vars: int, gen: torch.Generator) -> ConditionSampler:
+    def sample(n: int) -> torch.Tensor:
+        u = torch.rand(n, n_vars, generator=gen, device=gen.device)
+        return fix_all_observed(u < p, gen)
 
     return sample
 
 
-def _structured(n_vars: int, latent: list[int], observed: list[int]) -> Sampler:
-    posterior = torch.zeros(n_vars, dtype=torch.bool)
-    posterior[observed] = True
-    likelihood = torch.zeros(n_vars, dtype=torch.bool)
-    likelihood[latent] = True
-    fixed = torch.stack([torch.zeros(n_vars, dtype=torch.bool), posterior, likelihood])
+def _structured(n_vars: int, latent: list[int], observed: list[int],
+                gen: torch.Generator) -> ConditionSampler:
+    fixed = torch.zeros(3, n_vars, dtype=torch.bool, device=gen.device)  # joint
+    fixed[1, observed] = True  # posterior: x observed
+    fixed[2, latent] = True  # likelihood: theta observed
 
-    def sample(gen: torch.Generator, n: int) -> torch.Tensor:
-        kind = torch.randint(5, (n,), generator=gen)
-        u = torch.rand(n, n_vars, generator=gen)
+    def sample(n: int) -> torch.Tensor:
+        kind = torch.randint(5, (n,), generator=gen, device=gen.device)
+        u = torch.rand(n, n_vars, generator=gen, device=gen.device)
         p = torch.where(kind == 3, 0.3, 0.7)[:, None]
-        random = u < p
-        masks = torch.where((kind < 3)[:, None], fixed[kind.clamp(max=2)], random)
-        return _fix_all_observed(masks, gen)
+        masks = torch.where((kind < 3)[:, None], fixed[kind.clamp(max=2)], u < p)
+        return fix_all_observed(masks, gen)
 
     return sample
 
 
-def _from_collection(stack: torch.Tensor) -> Sampler:
-    def sample(gen: torch.Generator, n: int) -> torch.Tensor:
-        return stack[torch.randint(stack.shape[0], (n,), generator=gen)]
+def _from_stack(stack: torch.Tensor, gen: torch.Generator) -> ConditionSampler:
+    def sample(n: int) -> torch.Tensor:
+        return stack[torch.randint(stack.shape[0], (n,), generator=gen, device=gen.device)]
 
     return sample
 
 
-def _checked_callable(fn, layout: Layout, what: str) -> Sampler:
-    def sample(gen: torch.Generator, n: int) -> torch.Tensor:
-        out = torch.as_tensor(_as_bool_array(fn(gen, n), what))
+def _from_user_callable(fn, layout: Layout, rng: np.random.Generator,
+                        device) -> ConditionSampler:
+    def sample(n: int) -> torch.Tensor:
+        out = as_bool_array(fn(rng, n), "condition_masks")
         if out.ndim == 1:
-            out = out.expand(n, -1)
+            out = np.broadcast_to(out, (n, out.shape[0]))
         if out.ndim != 2 or out.shape[0] != n or out.shape[1] not in (
             layout.n_variables,
             layout.n_columns,
         ):
             raise ValueError(
-                f"{what} callable must return a bool array of shape (n, {layout.n_variables}) "
-                f"for n={n}; got shape {tuple(out.shape)}."
+                f"condition_masks callable must return a bool array of shape (n, "
+                f"{layout.n_variables}) for n={n}; got shape {out.shape}."
             )
-        return out
+        return torch.as_tensor(np.ascontiguousarray(out), device=device)
 
     return sample
 
 
-def condition_sampler(
-    spec, layout: Layout, posterior_latent: list[int], posterior_observed: list[int]
-) -> Sampler:
-    """Build the training-time condition-mask sampler from the ``condition_masks`` parameter.
+def condition_sampler(spec, layout: Layout, posterior_latent: list[int],
+                      posterior_observed: list[int], seed: int,
+                      device: torch.device | str = "cpu") -> ConditionSampler:
+    """The training-time condition-mask sampler for the ``condition_masks`` parameter.
 
-    ``spec`` is a name from :data:`CONDITION_MASK_NAMES`, a callable ``(generator, n)`` returning
-    bool masks of shape (n, n_variables), a collection of masks (one drawn per sample), or one
-    mask. Fixed masks are validated here, once: each needs at least one latent entry.
+    ``spec`` is a name from :data:`CONDITION_MASK_NAMES`, a callable ``(rng, n)`` returning
+    bool masks of shape (n, n_variables), a collection of masks (one drawn per row), or one
+    mask. Fixed masks are validated here, once: each needs at least one latent entry. The
+    sampler draws from its own generator, seeded with ``seed``, on ``device``.
     """
     V = layout.n_variables
     if isinstance(spec, str):
+        gen = make_generator(seed, device)
         if spec == "bernoulli":
-            return _bernoulli(0.5, V)
+            return _bernoulli(0.5, V, gen)
         if spec == "structured":
-            return _structured(V, posterior_latent, posterior_observed)
+            return _structured(V, posterior_latent, posterior_observed, gen)
         raise ValueError(
             f"condition_masks must be one of {CONDITION_MASK_NAMES}, a callable, a collection of "
             f"masks or one mask; got the string {spec!r}."
         )
     if callable(spec):
-        return _checked_callable(spec, layout, "condition_masks")
+        return _from_user_callable(spec, layout, np.random.default_rng(seed), device)
     stack = _stack_masks(spec, "condition_masks")
     if stack.ndim == 1:
         stack = stack[None]
@@ -125,31 +130,32 @@ def condition_sampler(
         )
     for m in stack:
         layout.condition_columns(m)  # validates length, values, something latent
-    # kept at the level given (variables or columns): Layout.condition_batch expands both
-    return _from_collection(torch.as_tensor(stack))
+    # kept at the level given (variables or columns): Layout.expand_condition expands both
+    return _from_stack(torch.as_tensor(stack, device=device), make_generator(seed, device))
 
 
-def edge_sampler(spec, layout: Layout) -> Callable[[torch.Generator, torch.Tensor], torch.Tensor]:
-    """Build the training-time edge-mask sampler from the ``edge_masks`` parameter.
+def edge_sampler(spec, layout: Layout, seed: int,
+                 device: torch.device | str = "cpu") -> EdgeSampler | None:
+    """The training-time edge-mask sampler for the ``edge_masks`` parameter.
 
-    Returns None for full attention, else a callable ``(generator, condition_masks)`` giving
-    (n, n_columns, n_columns) bool masks. ``spec`` is None, one (V, V) or (T, T) matrix, a
-    collection of them (one drawn per sample), or a callable of the condition masks.
+    Returns None for full attention, else a callable of the condition masks as drawn, giving
+    (n, n_columns, n_columns) bool masks on ``device``. ``spec`` is None, one (V, V) or (T, T)
+    matrix, a collection of them (one drawn per row), or a callable of the condition masks.
     """
     if spec is None:
         return None
     if callable(spec):
 
-        def from_callable(gen: torch.Generator, cond: torch.Tensor) -> torch.Tensor:
-            out = torch.as_tensor(_as_bool_array(spec(cond), "edge_masks"))
+        def from_callable(cond: torch.Tensor) -> torch.Tensor:
+            out = as_bool_array(spec(cond.cpu().numpy()), "edge_masks")
             if out.ndim == 2:
-                out = out.expand(cond.shape[0], -1, -1)
+                out = np.broadcast_to(out, (cond.shape[0], *out.shape))
             if out.ndim != 3 or out.shape[0] != cond.shape[0]:
                 raise ValueError(
                     "edge_masks callable must return a bool array of shape (n, V, V) or (V, V); "
-                    f"got shape {tuple(out.shape)}."
+                    f"got shape {out.shape}."
                 )
-            return layout.edge_batch(out)
+            return layout.expand_edges(torch.as_tensor(np.ascontiguousarray(out), device=device))
 
         return from_callable
     stack = _stack_masks(spec, "edge_masks")
@@ -160,20 +166,53 @@ def edge_sampler(spec, layout: Layout) -> Callable[[torch.Generator, torch.Tenso
             "edge_masks must be None, a (V, V) matrix, a collection of them or a callable; "
             f"got an array of shape {stack.shape}."
         )
-    cols = torch.as_tensor(np.stack([layout.edge_columns(m) for m in stack]))
+    cols = torch.as_tensor(np.stack([layout.edge_columns(m) for m in stack]), device=device)
     if cols.shape[0] == 1:
-        return lambda gen, cond: cols.expand(cond.shape[0], -1, -1)
-    pick = _from_collection(cols)
-    return lambda gen, cond: pick(gen, cond.shape[0])
+        return lambda cond: cols.expand(cond.shape[0], -1, -1)
+    pick = _from_stack(cols, make_generator(seed, device))
+    return lambda cond: pick(cond.shape[0])
 
 
 def _stack_masks(spec, what: str) -> np.ndarray:
     if isinstance(spec, (set, frozenset)):
-        spec = list(spec)
+        spec = sorted(spec, key=lambda m: tuple(np.asarray(m).ravel().tolist()))
     if isinstance(spec, (list, tuple)) and spec and not np.isscalar(spec[0]):
-        spec = [_as_bool_array(m, what) for m in spec]
+        spec = [as_bool_array(m, what) for m in spec]
         shapes = {m.shape for m in spec}
         if len(shapes) != 1:
             raise ValueError(f"{what}: all masks in the collection need one shape; got {shapes}.")
         return np.stack(spec)
-    return _as_bool_array(spec, what)
+    return as_bool_array(spec, what)
+
+
+class TrainingMasks:
+    """Each training row's condition mask and edge mask, drawn on the training device.
+
+    Parameters
+    ----------
+    condition_masks, edge_masks
+        The estimator's parameters of these names.
+    layout : Layout
+    split : (list of int, list of int)
+        Latent and observed variables of the posterior, for the "structured" masks.
+    seed : int
+        Seeds this object's own generators (one stream of the fit's seed tree).
+    device : torch.device
+
+    Calling it with ``n`` gives ``(observed, edges)``: a bool tensor of shape (n, n_columns),
+    True = observed, and a bool tensor of shape (n, n_columns, n_columns) or None.
+    """
+
+    def __init__(self, condition_masks, edge_masks, layout: Layout,
+                 split: tuple[list[int], list[int]], seed: int, device: torch.device | str):
+        seeds = np.random.SeedSequence(seed).generate_state(2, dtype=np.uint64) >> 1
+        self.layout = layout
+        self._condition = condition_sampler(condition_masks, layout, *split, int(seeds[0]),
+                                            device)
+        self._edges = edge_sampler(edge_masks, layout, int(seeds[1]), device)
+
+    def __call__(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        drawn = self._condition(n)
+        observed = self.layout.expand_condition(drawn)
+        edges = None if self._edges is None else self._edges(drawn)
+        return observed, edges

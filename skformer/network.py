@@ -76,7 +76,8 @@ class MaskedTransformer(nn.Module):
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads}).")
-        self.n_tokens = n_tokens
+        self.n_tokens, self.d_model = n_tokens, d_model
+        self.n_layers, self.n_heads = n_layers, n_heads
         self.value = nn.Linear(1, d_model)
         self.token_id = nn.Embedding(n_tokens, d_model)
         self.condition = nn.Embedding(2, d_model)
@@ -86,6 +87,11 @@ class MaskedTransformer(nn.Module):
         self.head = nn.Linear(d_model, 1)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
+
+    def config(self) -> dict[str, int]:
+        """Constructor arguments: ``MaskedTransformer(**net.config())`` builds its twin."""
+        return {"n_tokens": self.n_tokens, "d_model": self.d_model, "n_layers": self.n_layers,
+                "n_heads": self.n_heads}
 
     def forward(
         self,
@@ -101,7 +107,7 @@ class MaskedTransformer(nn.Module):
         x : tensor of shape (batch, tokens)
             Token values (already scaled by the dynamics' preconditioning).
         t : tensor of shape (batch,)
-            Time feature (e.g. log noise level).
+            Noise feature (the dynamics' ``c_noise``, e.g. a scaled log noise level).
         observed : bool tensor of shape (batch, tokens) or (tokens,)
             Condition state of each token, True = observed.
         edges : bool tensor of shape (batch, tokens, tokens) or (tokens, tokens), optional

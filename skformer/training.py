@@ -1,9 +1,10 @@
 """The training loop: batches, masks, validation, early stopping, schedule, progress.
 
-Knows the network, a dynamics object and mask samplers; knows nothing of numpy, scikit-learn or
-the estimator. All randomness comes from the two generators it is handed (one on the CPU for
-masks and shuffling, one on the model's device for noise), so two runs with the same seeds give
-the same weights on the CPU and the global torch RNG is never used.
+Knows a network, a dynamics object (its ``training_sigmas`` and ``loss``) and a mask source;
+knows nothing of numpy, scikit-learn or the estimator. All randomness comes from generators
+seeded by the fit's seed tree (:class:`~skformer._utils.FitSeeds`): one for the order of rows,
+one for training noise, one for the validation set's fixed noise; masks bring their own. The
+global torch RNG is never used.
 """
 
 from __future__ import annotations
@@ -11,17 +12,23 @@ from __future__ import annotations
 import copy
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
-from skformer.layout import Layout
+from skformer._utils import FitSeeds, make_generator
 
 __all__ = ["TrainConfig", "TrainResult", "train"]
+
+Masks = Callable[[int], "tuple[torch.Tensor, torch.Tensor | None]"]
+"""``n -> (observed (n, tokens) bool, edges (n, tokens, tokens) bool or None)``."""
 
 
 @dataclass
 class TrainConfig:
+    """Settings of one training run (the estimator fills them from its parameters)."""
+
     max_epochs: int = 400
     batch_size: int = 256
     learning_rate: float = 1e-3
@@ -31,11 +38,17 @@ class TrainConfig:
     clip_norm: float = 1.0
     ema_decay: float = 0.999
     warmup_fraction: float = 0.02
+    weight_decay: float = 1e-4
+    validation_rows: int = 4096
+    """The validation set is repeated (each copy with its own masks and noise) to at least this
+    many rows: a steadier score to stop on."""
     verbose: int = 0
 
 
 @dataclass
 class TrainResult:
+    """What happened: per-epoch losses, the epoch kept, whether training settled."""
+
     loss_curve: list[float] = field(default_factory=list)
     validation_scores: list[float] = field(default_factory=list)
     best_epoch: int = -1
@@ -44,20 +57,8 @@ class TrainResult:
     interrupted: bool = False
 
 
-class _Batches:
-    """Mask and noise draws for one batch of standardised rows."""
-
-    def __init__(self, layout: Layout, cond_sampler, edge_sampler, cpu_gen: torch.Generator):
-        self.layout, self.cond, self.edge, self.gen = layout, cond_sampler, edge_sampler, cpu_gen
-
-    def masks(self, n: int, device) -> tuple[torch.Tensor, torch.Tensor | None]:
-        drawn = self.cond(self.gen, n)
-        observed = self.layout.condition_batch(drawn).to(device)
-        edges = None if self.edge is None else self.edge(self.gen, drawn).to(device)
-        return observed, edges
-
-
-def _lr_factor(step: int, total: int, warmup: int) -> float:
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 5 % at ``total``."""
     if step < warmup:
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
@@ -66,32 +67,31 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
 
 @torch.no_grad()
 def _ema_update(ema: torch.nn.Module, net: torch.nn.Module, decay: float) -> None:
-    for pe, p in zip(ema.parameters(), net.parameters()):
-        pe.lerp_(p, 1 - decay)
+    torch._foreach_lerp_(list(ema.parameters()), list(net.parameters()), 1 - decay)
 
 
 def train(
-    net: torch.nn.Module,
+    network: torch.nn.Module,
     dynamics,
     x_train: torch.Tensor,
     x_val: torch.Tensor | None,
-    layout: Layout,
-    cond_sampler,
-    edge_sampler,
+    masks: Masks,
+    validation_masks: Masks,
     config: TrainConfig,
-    cpu_gen: torch.Generator,
-    dev_gen: torch.Generator,
+    seeds: FitSeeds,
 ) -> tuple[torch.nn.Module, TrainResult]:
-    """Fit ``net`` by the dynamics' loss; return the best (EMA) network and the history.
+    """Fit ``network`` by the dynamics' loss; return the kept (EMA) network and the history.
 
-    x_train, x_val : tensors of shape (n, tokens), standardised, on the model's device.
-    The returned network holds the exponential moving average of the weights at the epoch with
-    the lowest validation loss (or the last epoch without a validation set).
+    x_train, x_val : tensors of shape (n, tokens), standardised, on the network's device.
+    The returned network is a copy holding the exponential moving average of the weights at the
+    epoch with the lowest validation loss (or the last epoch without a validation set).
     """
     device = x_train.device
-    batches = _Batches(layout, cond_sampler, edge_sampler, cpu_gen)
-    ema = copy.deepcopy(net).requires_grad_(False)
-    opt = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=1e-4)
+    shuffle_gen = make_generator(seeds.shuffle, device)
+    noise_gen = make_generator(seeds.noise, device)
+    ema = copy.deepcopy(network).requires_grad_(False)
+    opt = torch.optim.AdamW(network.parameters(), lr=config.learning_rate,
+                            weight_decay=config.weight_decay)
     n = x_train.shape[0]
     bs = min(config.batch_size, n)
     steps_per_epoch = max(1, n // bs)  # drop the ragged tail: equal-size batches
@@ -100,12 +100,8 @@ def train(
 
     val = None
     if x_val is not None and x_val.shape[0] > 0:
-        # several fixed draws of masks and noise per row: a steadier score to stop on
-        x_val = x_val.repeat(max(1, -(-4096 // x_val.shape[0])), 1)
-        observed, edges = batches.masks(x_val.shape[0], device)
-        sigma_gen = torch.Generator(device=device)
-        sigma_gen.manual_seed(int(torch.randint(2**62, (1,), generator=cpu_gen)))
-        val = (observed, edges, *_validation_noise(dynamics, x_val, sigma_gen))
+        val = _validation_set(dynamics, x_val, validation_masks, config.validation_rows,
+                              make_generator(seeds.validation, device))
 
     result = TrainResult()
     best_score, best_state, since_best = math.inf, None, 0
@@ -117,26 +113,28 @@ def train(
         bar = tqdm(total=config.max_epochs, desc="training", unit="epoch")
     try:
         for epoch in range(config.max_epochs):
-            net.train()
-            perm = torch.randperm(n, generator=cpu_gen).to(device)
-            running = 0.0
+            network.train()
+            perm = torch.randperm(n, generator=shuffle_gen, device=device)
+            running = torch.zeros((), device=device)
             for b in range(steps_per_epoch):
                 x0 = x_train[perm[b * bs : (b + 1) * bs]]
-                observed, edges = batches.masks(x0.shape[0], device)
-                loss = dynamics.loss(net, x0, observed, edges, dev_gen).mean()
+                observed, edges = masks(x0.shape[0])
+                sigma = dynamics.training_sigmas(x0.shape[0], noise_gen)
+                eps = torch.randn(x0.shape, generator=noise_gen, device=device)
+                loss = dynamics.loss(network, x0, observed, edges, sigma, eps).mean()
                 for g in opt.param_groups:
-                    g["lr"] = config.learning_rate * _lr_factor(step, total, warmup)
+                    g["lr"] = config.learning_rate * lr_factor(step, total, warmup)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(net.parameters(), config.clip_norm)
+                torch.nn.utils.clip_grad_norm_(network.parameters(), config.clip_norm)
                 opt.step()
-                _ema_update(ema, net, min(config.ema_decay, (1 + step) / (10 + step)))
+                _ema_update(ema, network, min(config.ema_decay, (1 + step) / (10 + step)))
                 step += 1
-                running += loss.item()
-            result.loss_curve.append(running / steps_per_epoch)
+                running += loss.detach()
+            result.loss_curve.append(float(running) / steps_per_epoch)
             result.n_iter = epoch + 1
 
-            score = result.loss_curve[-1] if val is None else _validate(dynamics, ema, x_val, val, bs)
+            score = result.loss_curve[-1] if val is None else _validate(dynamics, ema, val, bs)
             if val is not None:
                 result.validation_scores.append(score)
             if score < best_score - config.tol:
@@ -171,20 +169,23 @@ def train(
     return ema, result
 
 
-def _validation_noise(dynamics, x_val: torch.Tensor, gen: torch.Generator):
-    """Fixed noise levels and noise for the validation set, so epochs compare fairly."""
-    t = dynamics.train_times(x_val.shape[0], gen, x_val.device)
+def _validation_set(dynamics, x_val, masks: Masks, rows: int, gen: torch.Generator):
+    """The validation rows, repeated to at least ``rows``, with fixed masks, noise levels and
+    noise, so that every epoch is scored on the same draws."""
+    x_val = x_val.repeat(max(1, -(-rows // x_val.shape[0])), 1)
+    observed, edges = masks(x_val.shape[0])
+    sigma = dynamics.training_sigmas(x_val.shape[0], gen)
     eps = torch.randn(x_val.shape, generator=gen, device=x_val.device)
-    return t, eps
+    return x_val, observed, edges, sigma, eps
 
 
 @torch.no_grad()
-def _validate(dynamics, net, x_val, val, bs) -> float:
-    observed, edges, t, eps = val
+def _validate(dynamics, net, val, bs) -> float:
+    x_val, observed, edges, sigma, eps = val
     net.eval()
-    total = 0.0
+    total = torch.zeros((), device=x_val.device)
     for i in range(0, x_val.shape[0], 4 * bs):
         sl = slice(i, i + 4 * bs)
         e = None if edges is None else edges[sl]
-        total += dynamics.loss_at(net, x_val[sl], observed[sl], e, t[sl], eps[sl]).sum().item()
-    return total / x_val.shape[0]
+        total += dynamics.loss(net, x_val[sl], observed[sl], e, sigma[sl], eps[sl]).sum()
+    return float(total) / x_val.shape[0]

@@ -62,8 +62,9 @@ def fitted(request, device):
 
     from sklearn.exceptions import ConvergenceWarning
 
-    from _data import TINY, seed_task
     from skformer import SimformerEstimator
+
+    from _data import TINY, seed_task
 
     est = SimformerEstimator(method=request.param, max_epochs=40, random_state=0,
                              device=device, **TINY)

@@ -7,16 +7,17 @@ import pytest
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
-from _data import TINY
 from skformer import BoxUniform, FlowMatchingSimformer, Simformer, pairplot
+
+from _data import TINY
 
 
 @pytest.mark.parametrize("cls", [Simformer, FlowMatchingSimformer])
-def test_seed_tutorial(cls, tmp_path):
+def test_seed_tutorial(cls, tmp_path, device):
+    """The tutorial on the test device (its ``device="gpu"`` is ``--device cuda`` here)."""
     torch.manual_seed(0)
     num_dims, num_sims = 3, 3000
-    with pytest.warns(RuntimeWarning, match="not available"):
-        prior = BoxUniform(low=-torch.ones(num_dims), high=torch.ones(num_dims), device="gpu")
+    prior = BoxUniform(low=-torch.ones(num_dims), high=torch.ones(num_dims), device=str(device))
 
     def simulator(theta):
         return theta + 1.0 + torch.randn_like(theta) * 0.1
@@ -28,7 +29,7 @@ def test_seed_tutorial(cls, tmp_path):
     theta_o = torch.zeros(num_dims)
     x_o = simulator(theta_o)
 
-    inference = cls(random_state=0, device="cpu", **TINY)
+    inference = cls(random_state=0, device=str(device), **TINY)
     inference.append_simulations(inputs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -38,20 +39,22 @@ def test_seed_tutorial(cls, tmp_path):
     conditional = inference.build_conditional(condition_mask=[False, True])
     samples = conditional.sample((4000,), x=x_o)
     assert isinstance(samples, torch.Tensor) and samples.shape == (4000, 3)
-    np.testing.assert_allclose(samples.mean(0).numpy(), (x_o - 1).numpy(), atol=0.05)
+    assert samples.device == x_o.device  # results come back where the observation lives
+    samples = samples.cpu()
+    np.testing.assert_allclose(samples.mean(0).numpy(), (x_o - 1).cpu().numpy(), atol=0.05)
 
     another = inference.build_conditional(condition_mask=[True, False])
-    lik = another.sample((4000,), x=theta_o)
+    lik = another.sample((4000,), x=theta_o).cpu()
     np.testing.assert_allclose(lik.mean(0).numpy(), np.ones(3), atol=0.05)
 
     inference.set_condition_indexes(new_posterior_latent_idx=[0], new_posterior_observed_idx=[1])
     post = inference.build_posterior().sample((1000,), x=x_o)
     assert post.shape == (1000, 3)
-    like = inference.build_likelihood().sample((1000,), x=theta_o)
+    like = inference.build_likelihood().sample((1000,), x=theta_o).cpu()
     np.testing.assert_allclose(like.mean(0).numpy(), np.ones(3), atol=0.05)
 
     fig, ax = pairplot(samples, limits=[[-2, 2], [-2, 2], [-2, 2]], figsize=(5, 5),
-                       labels=[r"$\theta_1$", r"$\theta_2$", r"$\theta_3$"], points=theta_o)
+                       labels=[r"$\theta_1$", r"$\theta_2$", r"$\theta_3$"], points=theta_o.cpu())
     fig.savefig(tmp_path / "post.png")
     assert ax.shape == (3, 3) and (tmp_path / "post.png").stat().st_size > 0
 
@@ -76,6 +79,13 @@ def test_errors():
     inference.append_simulations(torch.randn(10, 2, 3))
     with pytest.raises(ValueError, match="do not match"):
         inference.append_simulations(torch.randn(10, 3, 3))
+
+
+def test_box_uniform_on_an_absent_gpu_falls_back_to_the_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.warns(RuntimeWarning, match="not available"):
+        prior = BoxUniform(low=-torch.ones(3), high=torch.ones(3), device="gpu")
+    assert prior.sample((2,)).device.type == "cpu"
 
 
 def test_box_uniform():

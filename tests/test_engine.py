@@ -4,11 +4,12 @@ import warnings
 
 import numpy as np
 import pytest
-from scipy.stats import multivariate_normal, norm, truncnorm
+from scipy.stats import multivariate_normal, norm, spearmanr, truncnorm
 from sklearn.exceptions import ConvergenceWarning
 
-from _data import TINY, seed_task
 from skformer import SimformerEstimator
+
+from _data import TINY, seed_task
 
 X_O = np.array([1.1, 0.9, 1.3])
 MU = X_O - 1.0  # posterior mean of theta | x_o (truncation at +-1 negligible here)
@@ -27,7 +28,9 @@ def test_log_prob_matches_analytic_posterior(fitted):
     err = lp - exact_posterior_logpdf(theta)
     # stated tolerance for this tiny model: mean absolute error under 0.35 nats on 3 dims
     assert np.abs(err).mean() < 0.35, np.abs(err).mean()
-    assert np.corrcoef(lp, exact_posterior_logpdf(theta))[0, 1] > 0.9
+    # ranks, not Pearson's r: a tiny model may place one sample of 300 far in the tail, where
+    # its density is off by many nats; that one point would decide a linear correlation
+    assert spearmanr(lp, exact_posterior_logpdf(theta))[0] > 0.95
 
 
 def test_hutchinson_agrees_with_exact(fitted):

@@ -7,8 +7,9 @@ import pytest
 import torch
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
 
-from _data import TINY, seed_task
 from skformer import SimformerEstimator
+
+from _data import TINY, seed_task
 
 # Seed task answers: theta_j | x_j ~ N(x_j - 1, 0.1^2) (truncation at +-1 negligible for the
 # observations used here); x_j | theta_j ~ N(theta_j + 1, 0.1^2).
@@ -105,7 +106,7 @@ def test_layouts_give_the_same_columns():
         assert e.condition([False, True]).sample(4, observed=np.ones(3)).shape == (4, 3)
     np.testing.assert_allclose(e2.mean_, e3.mean_)
     # same seed, same data, same grouping: same weights whatever the container
-    for a, b in zip(e2.network_.parameters(), et.network_.parameters()):
+    for a, b in zip(e2.network_.parameters(), et.network_.parameters(), strict=True):
         torch.testing.assert_close(a, b)
 
 
@@ -151,7 +152,7 @@ def test_posterior_marginalises_unlisted_variables():
         [[False, True], [True, False]],
         {(False, True), (True, False)},
         np.array([False, True]),
-        lambda gen, n: torch.rand(n, 2, generator=gen) < 0.5,
+        lambda rng, n: rng.random((n, 2)) < 0.5,
     ],
     ids=["bernoulli", "structured", "list", "set", "fixed", "callable"],
 )

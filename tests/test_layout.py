@@ -252,57 +252,79 @@ def test_edge_columns_shape_error_when_one_column_per_variable():
 # ---------------------------------------------------------------------------- batches
 
 
+def _as(kind: str, arr: np.ndarray):
+    return torch.as_tensor(arr) if kind == "torch" else arr
+
+
+def _np(arr) -> np.ndarray:
+    return arr.numpy() if isinstance(arr, torch.Tensor) else arr
+
+
+ARRAY_KINDS = ["numpy", "torch"]
+
+
+@pytest.mark.parametrize("kind", ARRAY_KINDS)
 @pytest.mark.parametrize("layout_name", ["blocks", "interleaved"])
-def test_condition_batch_from_variables(request, layout_name):
+def test_expand_condition_from_variables(request, layout_name, kind):
     layout = request.getfixturevalue(layout_name)
-    gen = torch.Generator().manual_seed(1)
-    masks = torch.rand(16, layout.n_variables, generator=gen) < 0.5
-    cols = layout.condition_batch(masks)
-    assert cols.shape == (16, layout.n_columns)
-    assert cols.dtype == torch.bool
-    expected = masks.numpy()[:, layout.column_variable]
-    np.testing.assert_array_equal(cols.numpy(), expected)
+    masks = np.random.default_rng(1).random((16, layout.n_variables)) < 0.5
+    cols = layout.expand_condition(_as(kind, masks))
+    assert type(cols) is type(_as(kind, masks))
+    assert tuple(cols.shape) == (16, layout.n_columns)
+    np.testing.assert_array_equal(_np(cols), masks[:, layout.column_variable])
 
 
-def test_condition_batch_columns_pass_through(blocks):
-    masks = torch.rand(7, 5, generator=torch.Generator().manual_seed(2)) < 0.5
-    assert torch.equal(blocks.condition_batch(masks), masks)
+@pytest.mark.parametrize("kind", ARRAY_KINDS)
+def test_expand_condition_columns_pass_through(blocks, kind):
+    masks = np.random.default_rng(2).random((7, 5)) < 0.5
+    np.testing.assert_array_equal(_np(blocks.expand_condition(_as(kind, masks))), masks)
 
 
+@pytest.mark.parametrize("kind", ARRAY_KINDS)
 @pytest.mark.parametrize("shape", [(4, 3), (4, 1), (4, 6)])
-def test_condition_batch_invalid(blocks, shape):
+def test_expand_condition_invalid(blocks, shape, kind):
     with pytest.raises(ValueError, match=rf"2 \(variables\) or 5 \(columns\).*{shape[1]}\)"):
-        blocks.condition_batch(torch.zeros(shape, dtype=torch.bool))
+        blocks.expand_condition(_as(kind, np.zeros(shape, dtype=bool)))
 
 
+@pytest.mark.parametrize("kind", ARRAY_KINDS)
 @pytest.mark.parametrize("layout_name", ["blocks", "interleaved"])
-def test_edge_batch_from_variables(request, layout_name):
+def test_expand_edges_from_variables(request, layout_name, kind):
     layout = request.getfixturevalue(layout_name)
     V, T = layout.n_variables, layout.n_columns
-    masks = torch.rand(6, V, V, generator=torch.Generator().manual_seed(3)) < 0.5
-    cols = layout.edge_batch(masks)
-    assert cols.shape == (6, T, T)
-    assert cols.dtype == torch.bool
+    masks = np.random.default_rng(3).random((6, V, V)) < 0.5
+    cols = layout.expand_edges(_as(kind, masks))
+    assert tuple(cols.shape) == (6, T, T)
     for b in range(6):
-        expected = _expand_edges(masks[b].numpy(), layout.column_variable)
-        np.testing.assert_array_equal(cols[b].numpy(), expected)
-        np.testing.assert_array_equal(cols[b].numpy(), layout.edge_columns(masks[b]))
+        expected = _expand_edges(masks[b], layout.column_variable)
+        np.testing.assert_array_equal(_np(cols[b]), expected)
+        np.testing.assert_array_equal(_np(cols[b]), layout.edge_columns(masks[b]))
 
 
-def test_edge_batch_columns_get_diagonal(blocks):
-    masks = torch.zeros(3, 5, 5, dtype=torch.bool)
+@pytest.mark.parametrize("kind", ARRAY_KINDS)
+def test_expand_edges_columns_get_diagonal(blocks, kind):
+    masks = np.zeros((3, 5, 5), dtype=bool)
     masks[1, 0, 4] = True
-    cols = blocks.edge_batch(masks)
-    eye = torch.eye(5, dtype=torch.bool)
-    assert torch.equal(cols[0], eye)
-    assert torch.equal(cols[2], eye)
+    cols = _np(blocks.expand_edges(_as(kind, masks)))
+    eye = np.eye(5, dtype=bool)
+    np.testing.assert_array_equal(cols[0], eye)
+    np.testing.assert_array_equal(cols[2], eye)
     assert cols[1, 0, 4] and cols[1].sum() == 6
 
 
+@pytest.mark.parametrize("kind", ARRAY_KINDS)
 @pytest.mark.parametrize("shape", [(2, 3, 3), (2, 2, 5), (2, 5, 4)])
-def test_edge_batch_invalid(blocks, shape):
-    with pytest.raises(ValueError, match=r"\(batch, 2, 2\) or \(batch, 5, 5\)"):
-        blocks.edge_batch(torch.ones(shape, dtype=torch.bool))
+def test_expand_edges_invalid(blocks, shape, kind):
+    with pytest.raises(ValueError, match=r"\(2, 2\) or \(5, 5\) per mask"):
+        blocks.expand_edges(_as(kind, np.ones(shape, dtype=bool)))
+
+
+def test_expand_on_the_test_device(blocks, device):
+    """Tensors stay on their device; the column index is made once per device."""
+    masks = torch.ones(3, 2, dtype=torch.bool, device=device)
+    assert blocks.expand_condition(masks).device == masks.device
+    assert blocks.expand_edges(torch.ones(3, 2, 2, dtype=torch.bool, device=device)).device \
+        == masks.device
 
 
 # ---------------------------------------------------------------------------- variable_indexes
@@ -360,3 +382,14 @@ def test_dict_round_trip(n_columns, variables, names):
     assert hash(again) == hash(layout)
     np.testing.assert_array_equal(again.column_variable, layout.column_variable)
     assert again.column_names == layout.column_names
+
+
+@pytest.mark.parametrize(
+    "d",
+    [None, {"groups": [[0, 1], [1, 2]], "names": ["a", "b"]}, {"groups": [[0]], "names": [1]},
+     {"groups": [["0"]], "names": ["a"]}, {"groups": [[0], [1]], "names": ["a"]}],
+    ids=["none", "overlap", "name not str", "index not int", "names short"],
+)
+def test_from_dict_checks_its_input(d):
+    with pytest.raises(ValueError):
+        Layout.from_dict(d)

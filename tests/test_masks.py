@@ -1,7 +1,8 @@
 """Tests for :mod:`skformer.masks`: training-time condition and edge mask samplers.
 
-Statistical checks use a fixed-seed ``torch.Generator`` and ``N_DRAWS`` samples, so they are
-deterministic; each tolerance is stated next to the standard error it covers.
+Samplers own their generators, seeded by the ``seed`` they are built with; statistical checks use
+a fixed seed and ``N_DRAWS`` samples, so they are deterministic; each tolerance is stated next to
+the standard error it covers.
 """
 
 from __future__ import annotations
@@ -14,13 +15,24 @@ import pytest
 import torch
 
 from skformer.layout import Layout
-from skformer.masks import CONDITION_MASK_NAMES, _fix_all_observed, condition_sampler, edge_sampler
+from skformer.masks import (
+    CONDITION_MASK_NAMES,
+    TrainingMasks,
+    condition_sampler,
+    edge_sampler,
+    fix_all_observed,
+)
 
 N_DRAWS = 20_000
 
 
 def _gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+def draw(spec, layout: Layout, n: int, seed: int = 0, latent=(0,), observed=(1, 2)):
+    """``n`` condition masks from a sampler built for ``spec`` with ``seed``."""
+    return condition_sampler(spec, layout, list(latent), list(observed), seed)(n)
 
 
 @pytest.fixture
@@ -43,26 +55,31 @@ def test_condition_mask_names():
 @pytest.mark.parametrize("name", CONDITION_MASK_NAMES)
 @pytest.mark.parametrize("n", [1, 7, 64])
 def test_named_sampler_shape_and_dtype(layout, name, n):
-    sample = condition_sampler(name, layout, [0], [1, 2])
-    masks = sample(_gen(), n)
+    masks = draw(name, layout, n)
     assert isinstance(masks, torch.Tensor)
     assert masks.dtype == torch.bool
     assert masks.shape == (n, layout.n_variables)
     assert masks.device.type == "cpu"
-    assert layout.condition_batch(masks).shape == (n, layout.n_columns)
+    assert layout.expand_condition(masks).shape == (n, layout.n_columns)
+
+
+@pytest.mark.parametrize("name", CONDITION_MASK_NAMES)
+def test_named_sampler_draws_on_the_device(layout, name, device):
+    masks = condition_sampler(name, layout, [0], [1, 2], 0, device)(64)
+    assert masks.device == device and masks.shape == (64, 3)
 
 
 @pytest.mark.parametrize("name", CONDITION_MASK_NAMES)
 def test_samplers_leave_global_rng_alone(layout, name):
     state = torch.get_rng_state()
-    condition_sampler(name, layout, [0], [1, 2])(_gen(), 1000)
+    draw(name, layout, 1000, 0, [0], [1, 2])
     assert torch.equal(torch.get_rng_state(), state)
 
 
 @pytest.mark.parametrize("n_vars", [1, 2, 4, 7])
 def test_bernoulli_never_all_observed(n_vars):
     layout = Layout.from_spec(n_vars)
-    masks = condition_sampler("bernoulli", layout, [0], [])(_gen(1), N_DRAWS)
+    masks = draw("bernoulli", layout, N_DRAWS, 1, [0], [])
     assert not masks.all(dim=1).any()
 
 
@@ -74,7 +91,7 @@ def test_bernoulli_observed_rate(n_vars):
     Per variable the standard error is sqrt(0.25 / N) ~ 0.0035; tolerance 0.02.
     """
     layout = Layout.from_spec(n_vars)
-    masks = condition_sampler("bernoulli", layout, [0], [])(_gen(2), N_DRAWS)
+    masks = draw("bernoulli", layout, N_DRAWS, 2, [0], [])
     expected = 0.5 - 2.0**-n_vars / n_vars
     assert abs(masks.float().mean().item() - expected) < 0.01
     per_var = masks.float().mean(dim=0)
@@ -88,7 +105,7 @@ def test_bernoulli_count_distribution():
     For V = 4 that is 5 / 16 = 0.3125; standard error ~ 0.0033, tolerance 0.015.
     """
     V = 4
-    masks = condition_sampler("bernoulli", Layout.from_spec(V), [0], [])(_gen(3), N_DRAWS)
+    masks = draw("bernoulli", Layout.from_spec(V), N_DRAWS, 3, [0], [])
     counts = np.bincount(masks.sum(dim=1).numpy(), minlength=V + 1) / N_DRAWS
     assert counts[V] == 0
     assert abs(counts[V - 1] - (V + 1) / 2**V) < 0.015
@@ -104,7 +121,7 @@ def test_fix_all_observed_flips_exactly_one(n_vars):
     raw = torch.rand(500, n_vars, generator=_gen(4)) < 0.7
     raw[::3] = True  # make sure there are plenty of full rows
     full = raw.all(dim=1)
-    fixed = _fix_all_observed(raw.clone(), _gen(5))
+    fixed = fix_all_observed(raw.clone(), _gen(5))
     assert fixed.dtype == torch.bool and fixed.shape == raw.shape
     assert torch.equal(fixed[~full], raw[~full])
     assert (fixed[full].sum(dim=1) == n_vars - 1).all()
@@ -113,16 +130,15 @@ def test_fix_all_observed_flips_exactly_one(n_vars):
 
 
 def test_fix_all_observed_no_full_rows_is_identity():
+    # it draws a pick for every row whether or not one is full: asking first would cost a
+    # host synchronisation per batch on a GPU
     raw = torch.tensor([[True, False, True], [False, False, False]])
-    state = _gen(6).get_state()
-    gen = _gen(6)
-    assert torch.equal(_fix_all_observed(raw, gen), raw)
-    assert torch.equal(gen.get_state(), state)  # no draw when nothing needs fixing
+    assert torch.equal(fix_all_observed(raw, _gen(6)), raw)
 
 
 def test_fix_all_observed_picks_uniformly():
     """Each of V = 4 positions is flipped with probability 1/4; SE ~ 0.003, tolerance 0.015."""
-    fixed = _fix_all_observed(torch.ones(N_DRAWS, 4, dtype=torch.bool), _gen(7))
+    fixed = fix_all_observed(torch.ones(N_DRAWS, 4, dtype=torch.bool), _gen(7))
     rates = (~fixed).float().mean(dim=0)
     assert torch.allclose(rates, torch.full((4,), 0.25), atol=0.015)
 
@@ -154,7 +170,7 @@ def test_structured_frequencies(n_vars, latent, observed, max_extra):
     is <= sqrt(0.25 * 0.75 / N) ~ 0.0031; tolerance 0.015.
     """
     layout = Layout.from_spec(n_vars)
-    masks = condition_sampler("structured", layout, latent, observed)(_gen(8), N_DRAWS)
+    masks = draw("structured", layout, N_DRAWS, 8, latent, observed)
     assert not masks.all(dim=1).any()
 
     joint = tuple([False] * n_vars)
@@ -183,9 +199,7 @@ def test_structured_frequencies(n_vars, latent, observed, max_extra):
 def test_structured_observed_rate():
     """Mean observed rate of the mixture; SE < 0.002, tolerance 0.008."""
     V, latent, observed = 6, [0, 1], [2, 3, 4, 5]
-    masks = condition_sampler("structured", Layout.from_spec(V), latent, observed)(
-        _gen(9), N_DRAWS
-    )
+    masks = draw("structured", Layout.from_spec(V), N_DRAWS, 9, latent, observed)
     fixed_rate = (0 + len(observed) / V + len(latent) / V) / 5
     bern_rate = sum(p - p**V / V for p in (0.3, 0.7)) / 5
     assert abs(masks.float().mean().item() - (fixed_rate + bern_rate)) < 0.008
@@ -209,11 +223,11 @@ def test_collection_draws_given_masks_uniformly(layout, spec):
     """Three masks, each drawn with probability 1/3; SE ~ 0.0033, tolerance 0.015."""
     given = [(True, False, False), (False, True, True), (True, True, False)]
     given_cols = {tuple(layout.condition_columns(m).tolist()): i for i, m in enumerate(given)}
-    masks = condition_sampler(spec, layout, [0], [1, 2])(_gen(10), N_DRAWS)
+    masks = draw(spec, layout, N_DRAWS, 10, [0], [1, 2])
     assert masks.dtype == torch.bool
     assert masks.shape[0] == N_DRAWS
     assert masks.shape[1] in (layout.n_variables, layout.n_columns)
-    cols = layout.condition_batch(masks)
+    cols = layout.expand_condition(masks)
     assert cols.shape == (N_DRAWS, layout.n_columns)
     which = [given_cols.get(row, -1) for row in _rows_as_tuples(cols)]
     freq = np.bincount(np.array(which) + 1, minlength=4) / N_DRAWS
@@ -223,8 +237,8 @@ def test_collection_draws_given_masks_uniformly(layout, spec):
 
 def test_collection_of_column_masks(layout):
     spec = [[1, 0, 1, 0, 0], [0, 0, 0, 1, 1]]
-    masks = condition_sampler(spec, layout, [0], [1, 2])(_gen(11), 2000)
-    cols = layout.condition_batch(masks)
+    masks = draw(spec, layout, 2000, 11, [0], [1, 2])
+    cols = layout.expand_condition(masks)
     rows = set(_rows_as_tuples(cols))
     assert rows == {tuple(bool(v) for v in m) for m in spec}
 
@@ -234,8 +248,8 @@ def test_collection_survives_condition_batch_with_reordered_single_column_variab
     # e.g. a DataFrame with columns ["x", "theta"] and variables={"theta": ["theta"], "x": ["x"]}
     layout = Layout.from_spec(3, [[2], [0], [1]], names=["theta", "x", "y"])
     given = [[False, True, True], [False, False, True]][:n_masks]
-    masks = condition_sampler(given, layout, [0], [1, 2])(_gen(16), 200)
-    rows = set(_rows_as_tuples(layout.condition_batch(masks)))
+    masks = draw(given, layout, 200, 16, [0], [1, 2])
+    rows = set(_rows_as_tuples(layout.expand_condition(masks)))
     assert rows == {tuple(layout.condition_columns(m).tolist()) for m in given}
 
 
@@ -245,8 +259,8 @@ def test_collection_survives_condition_batch_with_reordered_single_column_variab
     ids=["list", "ndarray", "nested", "tuple"],
 )
 def test_fixed_mask(layout, spec):
-    masks = condition_sampler(spec, layout, [0], [1, 2])(_gen(12), 50)
-    cols = layout.condition_batch(masks)
+    masks = draw(spec, layout, 50, 12, [0], [1, 2])
+    cols = layout.expand_condition(masks)
     expected = torch.as_tensor(layout.condition_columns([False, True, True]))
     assert cols.shape == (50, layout.n_columns)
     assert (cols == expected).all()
@@ -271,23 +285,25 @@ def test_fixed_mask(layout, spec):
 )
 def test_condition_sampler_invalid(layout, spec, match):
     with pytest.raises(ValueError, match=match):
-        condition_sampler(spec, layout, [0], [1, 2])
+        condition_sampler(spec, layout, [0], [1, 2], 0)
 
 
 # ---------------------------------------------------------------------------- callables
 
 
-def test_callable_receives_generator_and_n(layout):
+def test_callable_receives_a_numpy_generator_and_n(layout):
     calls = []
 
-    def fn(gen, n):
-        calls.append((gen, n))
-        return torch.rand(n, 3, generator=gen) < 0.5
+    def fn(rng, n):
+        calls.append((rng, n))
+        return rng.random((n, 3)) < 0.5
 
-    gen = _gen(13)
-    masks = condition_sampler(fn, layout, [0], [1, 2])(gen, 9)
-    assert calls == [(gen, 9)]
+    masks = draw(fn, layout, 9, seed=13)
+    assert len(calls) == 1 and calls[0][1] == 9
+    assert isinstance(calls[0][0], np.random.Generator)
     assert masks.shape == (9, 3) and masks.dtype == torch.bool
+    again = draw(fn, layout, 9, seed=13)
+    assert torch.equal(masks, again)  # seeded: the same seed gives the same masks
 
 
 @pytest.mark.parametrize(
@@ -301,10 +317,10 @@ def test_callable_receives_generator_and_n(layout):
     ids=["ndarray", "int-tensor", "one-mask", "columns"],
 )
 def test_callable_outputs_are_normalised(layout, ret):
-    masks = condition_sampler(lambda g, n: ret(n), layout, [0], [1, 2])(_gen(), 6)
+    masks = draw(lambda g, n: ret(n), layout, 6)
     assert masks.dtype == torch.bool
     assert masks.shape[0] == 6
-    cols = layout.condition_batch(masks)
+    cols = layout.expand_condition(masks)
     assert (cols == torch.tensor([True, True, False, False, False])).all()
 
 
@@ -320,9 +336,9 @@ def test_callable_outputs_are_normalised(layout, ret):
     ],
 )
 def test_callable_bad_output(layout, ret, match):
-    sample = condition_sampler(lambda g, n: ret(n), layout, [0], [1, 2])
+    sample = condition_sampler(lambda g, n: ret(n), layout, [0], [1, 2], 0)
     with pytest.raises(ValueError, match=match):
-        sample(_gen(), 6)
+        sample(6)
 
 
 # ---------------------------------------------------------------------------- edge samplers
@@ -333,7 +349,7 @@ def _cond(layout: Layout, n: int) -> torch.Tensor:
 
 
 def test_edge_sampler_none(layout):
-    assert edge_sampler(None, layout) is None
+    assert edge_sampler(None, layout, 0) is None
 
 
 @pytest.mark.parametrize("level", ["variables", "columns"])
@@ -341,8 +357,8 @@ def test_edge_sampler_fixed(layout, level):
     vv = np.array([[1, 0, 0], [1, 1, 0], [1, 1, 1]], dtype=bool)  # causal over variables
     c2v = layout.column_variable
     spec = vv if level == "variables" else vv[np.ix_(c2v, c2v)]
-    sample = edge_sampler(spec, layout)
-    out = sample(_gen(), _cond(layout, 8))
+    sample = edge_sampler(spec, layout, 0)
+    out = sample(_cond(layout, 8))
     expected = torch.as_tensor(layout.edge_columns(vv))
     assert out.dtype == torch.bool
     assert out.shape == (8, 5, 5)
@@ -351,7 +367,7 @@ def test_edge_sampler_fixed(layout, level):
 
 
 def test_edge_sampler_fixed_forces_diagonal(layout):
-    out = edge_sampler(np.zeros((3, 3), dtype=bool), layout)(_gen(), _cond(layout, 4))
+    out = edge_sampler(np.zeros((3, 3), dtype=bool), layout, 0)(_cond(layout, 4))
     assert out.shape == (4, 5, 5)
     # the column diagonal is set, nothing else (not even the other column of the same variable)
     assert (out == torch.eye(5, dtype=torch.bool)).all()
@@ -361,8 +377,8 @@ def test_edge_sampler_collection(layout):
     """Two matrices, each drawn with probability 1/2; SE ~ 0.0035, tolerance 0.015."""
     a = np.ones((3, 3), dtype=bool)
     b = np.eye(3, dtype=bool)
-    sample = edge_sampler([a, b], layout)
-    out = sample(_gen(15), _cond(layout, N_DRAWS))
+    sample = edge_sampler([a, b], layout, 15)
+    out = sample(_cond(layout, N_DRAWS))
     assert out.shape == (N_DRAWS, 5, 5) and out.dtype == torch.bool
     ca, cb = (torch.as_tensor(layout.edge_columns(m)) for m in (a, b))
     is_a = (out == ca).flatten(1).all(dim=1)
@@ -383,7 +399,7 @@ def test_edge_sampler_collection(layout):
 )
 def test_edge_sampler_invalid(layout, spec, match):
     with pytest.raises(ValueError, match=match):
-        edge_sampler(spec, layout)
+        edge_sampler(spec, layout, 0)
 
 
 @pytest.mark.parametrize("per_sample", [True, False])
@@ -393,12 +409,13 @@ def test_edge_sampler_callable(layout, per_sample):
     def fn(cond):
         seen.append(cond)
         # each latent variable only attends to itself and observed variables
-        vv = cond[:, None, :].expand(-1, 3, -1).clone()
-        return vv if per_sample else vv[0].numpy()
+        vv = np.broadcast_to(cond[:, None, :], (cond.shape[0], 3, 3))
+        return vv if per_sample else vv[0]
 
     cond = _cond(layout, 10)
-    out = edge_sampler(fn, layout)(_gen(), cond)
-    assert len(seen) == 1 and seen[0] is cond
+    out = edge_sampler(fn, layout, 0)(cond)
+    assert len(seen) == 1 and isinstance(seen[0], np.ndarray)  # numpy masks for user code
+    np.testing.assert_array_equal(seen[0], cond.numpy())
     assert out.shape == (10, 5, 5) and out.dtype == torch.bool
     for b in range(10):
         vv = cond[b if per_sample else 0][None, :].expand(3, -1).numpy()
@@ -410,14 +427,15 @@ def test_edge_sampler_callable(layout, per_sample):
     [
         (lambda c: np.ones((c.shape[0] + 1, 3, 3)), r"shape \(n, V, V\) or \(V, V\); got"),
         (lambda c: np.ones(3), r"got shape \(3,\)"),
-        (lambda c: np.ones((c.shape[0], 4, 4)), r"edge masks must have shape \(batch, 3, 3\)"),
+        (lambda c: np.ones((c.shape[0], 4, 4)),
+         r"edge masks must have shape \(3, 3\) or \(5, 5\)"),
         (lambda c: np.full((3, 3), 7), r"must hold booleans"),
     ],
 )
 def test_edge_sampler_callable_bad_output(layout, ret, match):
-    sample = edge_sampler(ret, layout)
+    sample = edge_sampler(ret, layout, 0)
     with pytest.raises(ValueError, match=match):
-        sample(_gen(), _cond(layout, 4))
+        sample(_cond(layout, 4))
 
 
 # ---------------------------------------------------------------------------- determinism
@@ -427,23 +445,38 @@ CONDITION_SPECS = {
     "bernoulli": "bernoulli",
     "structured": "structured",
     "collection": [[True, False, False], [False, True, True], [False, False, True]],
-    "callable": lambda g, n: torch.rand(n, 3, generator=g) < 0.4,
+    "callable": lambda rng, n: rng.random((n, 3)) < 0.4,
 }
 
 
 @pytest.mark.parametrize("name", list(CONDITION_SPECS))
 def test_condition_sampler_deterministic(layout, name):
-    sample = condition_sampler(CONDITION_SPECS[name], layout, [0], [1, 2])
-    a = sample(_gen(21), 256)
-    b = sample(_gen(21), 256)
-    c = sample(_gen(22), 256)
+    a = draw(CONDITION_SPECS[name], layout, 256, seed=21)
+    b = draw(CONDITION_SPECS[name], layout, 256, seed=21)
+    c = draw(CONDITION_SPECS[name], layout, 256, seed=22)
     assert torch.equal(a, b)
-    assert not torch.equal(a, c)  # the generator is really what drives the draws
+    assert not torch.equal(a, c)  # the seed is really what drives the draws
 
 
 def test_edge_sampler_deterministic(layout):
-    sample = edge_sampler([np.ones((3, 3)), np.eye(3), np.tril(np.ones((3, 3)))], layout)
+    spec = [np.ones((3, 3)), np.eye(3), np.tril(np.ones((3, 3)))]
     cond = _cond(layout, 256)
-    a, b, c = sample(_gen(23), cond), sample(_gen(23), cond), sample(_gen(24), cond)
+    a, b, c = (edge_sampler(spec, layout, seed)(cond) for seed in (23, 23, 24))
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
+
+
+def test_training_masks_expand_and_pair_condition_with_edges(layout):
+    """Edges come from the condition masks as drawn, and both reach the columns."""
+    def edges(cond):
+        return np.broadcast_to(cond[:, None, :], (cond.shape[0], 3, 3))
+
+    masks = TrainingMasks("bernoulli", edges, layout, ([0], [1, 2]), seed=3, device="cpu")
+    observed, e = masks(50)
+    assert observed.shape == (50, 5) and e.shape == (50, 5, 5)
+    for b in range(50):
+        vv = observed[b, [0, 2, 3]].numpy()  # one column of each variable
+        np.testing.assert_array_equal(
+            e[b].numpy(), layout.edge_columns(np.broadcast_to(vv, (3, 3))))
+    again = TrainingMasks("bernoulli", edges, layout, ([0], [1, 2]), seed=3, device="cpu")(50)
+    assert torch.equal(again[0], observed) and torch.equal(again[1], e)

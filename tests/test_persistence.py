@@ -20,10 +20,13 @@ from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
 import skformer
-from _data import seed_task
-from skformer import SimformerEstimator
+from skformer import SimformerEstimator, SkformerVersionWarning, load, save
 from skformer.layout import Layout
-from skformer.persistence import FORMAT_VERSION, MAGIC, SkformerVersionWarning, load, save
+from skformer.persistence import FORMAT_VERSION, MAGIC
+
+from _data import seed_task
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
 
 SMALL = dict(d_model=16, n_layers=1, n_heads=2, max_epochs=2, batch_size=64)
 OBSERVED = np.ones(3)
@@ -87,7 +90,7 @@ def assert_same(a, b, where: str = "value") -> None:
         ], f"{where}: requires_grad"
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             assert_same(x, y, f"{where}[{i}]")
     elif isinstance(a, dict):
         assert list(a) == list(b), where
@@ -145,6 +148,21 @@ def build_file(version: int, header: dict | bytes, payload: bytes) -> bytes:
     return body + hashlib.sha256(body).digest()
 
 
+def replace_tensor(header: dict, payload: bytes, name: str, values: np.ndarray) -> bytes:
+    """Swap one tensor's bytes (and shape) in a parsed file; later offsets follow."""
+    chunks, offset = [], 0
+    for entry in header["tensors"]:
+        data = payload[entry["offset"] : entry["offset"] + entry["length"]]
+        if entry["name"] == name:
+            data = values.astype(values.dtype.newbyteorder("<")).tobytes()
+            entry.update(shape=list(values.shape), length=len(data),
+                         dtype=values.dtype.name)
+        entry["offset"] = offset
+        offset += len(data)
+        chunks.append(data)
+    return b"".join(chunks)
+
+
 FORMATS = ["pickle", "joblib", "skf"]
 
 
@@ -175,7 +193,7 @@ def test_round_trip_other_dynamics(other_dynamics, fmt, tmp_path):
     est = other_dynamics
     loaded = round_trip(est, fmt, tmp_path)
     assert type(loaded.dynamics_) is type(est.dynamics_)
-    assert loaded.dynamics_.to_dict() == est.dynamics_.to_dict()
+    assert loaded.dynamics_.config() == est.dynamics_.config()
     np.testing.assert_array_equal(draw(loaded), draw(est))
 
 
@@ -237,12 +255,12 @@ def test_safe_format_keeps_random_state(fitted, random_state, tmp_path):
 
 def test_getstate_is_a_cpu_copy_without_modules(fitted):
     state = fitted.__getstate__()
-    assert state is not fitted.__dict__
-    assert state["_skformer_version"] == skformer.__version__
-    assert state["device_"] == str(fitted.device_)
-    assert isinstance(state["network_"], dict) and isinstance(state["dynamics_"], dict)
-    assert state["network_"]["architecture"] == dict(n_tokens=6, d_model=16, n_layers=1,
-                                                     n_heads=2)
+    description = state["description"]
+    assert description["skformer_version"] == skformer.__version__
+    assert description["model"]["network"] == dict(n_tokens=6, d_model=16, n_layers=1,
+                                                   n_heads=2)
+    assert description["model"]["dynamics"]["method"] == "score"
+    assert "model_" not in description["fitted"]
 
     def walk(value):
         if isinstance(value, dict):
@@ -258,13 +276,12 @@ def test_getstate_is_a_cpu_copy_without_modules(fitted):
     assert not [v for v in leaves if isinstance(v, (torch.nn.Module, torch.optim.Optimizer))]
     tensors = [v for v in leaves if isinstance(v, torch.Tensor)]
     assert all(t.device.type == "cpu" for t in tensors)
-    # only the network's weights: no optimiser moments, no data
-    live = fitted.network_.state_dict()
+    # only the model's weights and standardisation: no optimiser moments, no data
+    live = fitted.model_.state_dict()
     assert sum(t.numel() for t in tensors) == sum(t.numel() for t in live.values())
     # a copy that shares no memory with the live network
-    before = live["head.bias"].detach().cpu().clone()
-    state["network_"]["state_dict"]["head.bias"].add_(1.0)
-    state["network_"] = None
+    before = live["network.head.bias"].detach().cpu().clone()
+    state["tensors"]["network.head.bias"].add_(1.0)
     assert isinstance(fitted.network_, torch.nn.Module)
     assert torch.equal(fitted.network_.state_dict()["head.bias"].cpu(), before)
 
@@ -273,12 +290,21 @@ def test_getstate_is_a_cpu_copy_without_modules(fitted):
 def test_unfitted_estimator_pickles_as_its_parameters(fmt, tmp_path):
     est = SimformerEstimator(d_model=16, n_layers=1, n_heads=2, device="cpu", random_state=0)
     state = est.__getstate__()
-    assert set(state) == set(est.get_params()) | {"_skformer_version"}
+    assert set(state["description"]["params"]) == set(est.get_params())
+    assert state["description"]["fitted"] == {} and state["tensors"] == {}
+    assert "model" not in state["description"]
     loaded = round_trip(est, fmt, tmp_path)
     assert_same(loaded.get_params(), est.get_params())
     assert sorted(vars(loaded)) == sorted(vars(est))
     with pytest.raises(NotFittedError):
         check_is_fitted(loaded)
+
+
+def test_a_pickle_comes_back_as_it_went_even_with_parameters_fit_would_refuse():
+    est = SimformerEstimator(method="magic", d_model=-3, condition_masks=lambda rng, n: None)
+    again = pickle.loads(pickle.dumps(SimformerEstimator(method="magic", d_model=-3)))
+    assert again.method == "magic" and again.d_model == -3
+    assert copy.deepcopy(est).condition_masks is est.condition_masks
 
 
 def test_save_refuses_an_unfitted_estimator(tmp_path):
@@ -314,7 +340,7 @@ def test_files_hold_no_training_rows(fitted, data, tmp_path):
 # ---------------------------------------------------------------------------------- versions
 def test_version_mismatch_warns_when_unpickling(fitted):
     state = fitted.__getstate__()
-    state["_skformer_version"] = "0.0.1"
+    state["description"]["skformer_version"] = "0.0.1"
     new = SimformerEstimator.__new__(SimformerEstimator)
     with pytest.warns(SkformerVersionWarning, match=r"saved with skformer 0\.0\.1"):
         new.__setstate__(state)
@@ -325,7 +351,7 @@ def test_version_mismatch_warns_when_unpickling(fitted):
 
 
 def test_version_mismatch_warns_when_loading(fitted, tmp_path, monkeypatch):
-    monkeypatch.setattr(skformer, "__version__", "0.0.1")
+    monkeypatch.setattr(skformer._version, "__version__", "0.0.1")
     save(fitted, tmp_path / "old.skf")
     blob = pickle.dumps(fitted)
     monkeypatch.undo()
@@ -344,8 +370,7 @@ def test_version_mismatch_warns_when_loading(fitted, tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------- devices
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_model_saved_on_gpu_loads_on_cpu_without_cuda(cpu_fitted, fmt, tmp_path, monkeypatch):
-    est = copy.deepcopy(cpu_fitted).set_params(device="cuda")
-    est.device_ = torch.device("cuda")  # as after a fit on a GPU (the weights go to CPU anyway)
+    est = copy.deepcopy(cpu_fitted).set_params(device="cuda")  # as after a fit on a GPU
     path = tmp_path / "gpu.bin"
     if fmt == "skf":
         save(est, path)
@@ -466,18 +491,42 @@ CRAFTED = {
         "unknown or malformed",
     ),
     "unknown dynamics": (
-        lambda h, p: (h["dynamics"].update({"class": "os.system", "method": "rm"}), p)[1],
-        "unknown dynamics",
+        lambda h, p: (h["model"]["dynamics"].update(method="os.system"), p)[1],
+        "method must be one of",
+    ),
+    "dynamics argument not taken": (
+        lambda h, p: (h["model"]["dynamics"]["config"].update(cmd="rm"), p)[1],
+        "does not take",
+    ),
+    "dynamics argument out of range": (
+        lambda h, p: (h["model"]["dynamics"]["config"].update(sigma_min=-1.0), p)[1],
+        "sigma_min",
     ),
     "huge network": (
-        lambda h, p: (h["network"].update(d_model=2**20, n_heads=1), p)[1], "do not fit"
+        lambda h, p: (h["model"]["network"].update(d_model=2**20, n_heads=1), p)[1],
+        "do not fit",
+    ),
+    "network tokens do not match layout": (
+        lambda h, p: (h["model"]["network"].update(n_tokens=7), p)[1], "7 tokens",
     ),
     "mean of wrong length": (
-        lambda h, p: (h["fitted"]["mean_"].update(shape=[2], value=[0.0, 1.0]), p)[1],
-        "mean_",
+        lambda h, p: replace_tensor(h, p, "standardiser.mean", np.zeros(2)), "standardiser.mean",
+    ),
+    "scale not positive": (
+        lambda h, p: replace_tensor(h, p, "standardiser.scale", np.array([1, 0, 1, 1, -1, 1.0])),
+        "positive",
+    ),
+    "weights not finite": (
+        lambda h, p: replace_tensor(h, p, "network.head.bias",
+                                    np.array([np.nan], dtype=np.float32)),
+        "non-finite",
     ),
     "layout not a partition": (
-        lambda h, p: (h["layout"].update(groups=[[0, 1, 2], [2, 4, 5]]), p)[1], "layout"
+        lambda h, p: (h["model"]["layout"].update(groups=[[0, 1, 2], [2, 4, 5]]), p)[1],
+        "cover each",
+    ),
+    "huge integer": (
+        lambda h, p: (h["params"].update(d_model=10**400), p)[1], "digits",
     ),
     "attribute shadows a method": (
         lambda h, p: (h["fitted"].update(sample=1), p)[1], "shadow"
@@ -498,6 +547,47 @@ def test_load_checks_headers_with_valid_checksums(case, good_file, tmp_path):
     (tmp_path / "crafted.skf").write_bytes(build_file(version, header, payload))
     with pytest.raises(ValueError, match=message):
         load(tmp_path / "crafted.skf")
+
+
+@pytest.mark.parametrize("case", ["/dev/zero", "fifo"])
+def test_load_reads_only_regular_files(case, tmp_path):
+    path = case
+    if case == "fifo":
+        path = tmp_path / "pipe.skf"
+        os.mkfifo(path)  # opening it for reading would block until a writer comes
+    with pytest.raises(ValueError, match="not a regular file"):
+        load(path)
+
+
+def test_every_refusal_names_the_file(good_file, tmp_path):
+    version, header, payload = split_file(good_file)
+    header["model"]["network"]["d_model"] = 7
+    path = tmp_path / "named.skf"
+    path.write_bytes(build_file(version, header, payload))
+    with pytest.raises(ValueError, match="named.skf"):
+        load(path)
+
+
+# ---------------------------------------------------------------------------------- skformer 0.1
+@pytest.mark.parametrize("fmt", ["skf", "pkl"])
+def test_models_written_by_skformer_0_1_still_load(fmt):
+    """A file (format 1) and a pickle from skformer 0.1 (tests/data/make_legacy_files.py)."""
+    path = os.path.join(DATA, f"skformer-0.1.{fmt}")
+    with pytest.warns(SkformerVersionWarning, match="0.1.0"):
+        if fmt == "skf":
+            est = load(path)
+        else:
+            with open(path, "rb") as fh:
+                est = pickle.load(fh)
+    expected = np.load(os.path.join(DATA, "skformer-0.1.npz"))
+    assert est.get_params()["solver"] == "heun"  # 0.1 called it sampler
+    assert est.sampling_steps == 7
+    np.testing.assert_array_equal(est.mean_, expected["mean"])
+    np.testing.assert_array_equal(est.scale_, expected["scale"])
+    draws = est.condition([False, True]).sample(20, observed=np.ones(3), random_state=0)
+    # 0.1 standardised in float32, 0.2 in float64: equal to float32 rounding
+    np.testing.assert_allclose(draws, expected["draws"], atol=1e-4)
+    assert not hasattr(est, "network") and isinstance(est.model_, skformer.SimformerModel)
 
 
 def test_load_refuses_a_header_that_is_not_json(good_file, tmp_path):

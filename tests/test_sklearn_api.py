@@ -195,7 +195,7 @@ def test_pipeline_passes_score_samples_and_score_through():
     assert pipe.score(X) == pytest.approx(np.mean(inner.score_samples(Xt)))
     # the same weights as fitting the estimator alone on the scaled data
     alone = tiny().fit(Xt)
-    for a, b in zip(alone.network_.parameters(), inner.network_.parameters()):
+    for a, b in zip(alone.network_.parameters(), inner.network_.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert clone(pipe).get_params()["simformer__d_model"] == 8
 
@@ -205,7 +205,7 @@ def test_cross_val_score_is_held_out_mean_log_density():
     cv = KFold(2, shuffle=True, random_state=0)
     scores = cross_val_score(tiny(), X, cv=cv)
     assert scores.shape == (2,) and np.all(np.isfinite(scores))
-    for score, (train, test) in zip(scores, cv.split(X)):
+    for score, (train, test) in zip(scores, cv.split(X), strict=True):
         manual = tiny().fit(X[train]).score(X[test])
         assert score == pytest.approx(manual, rel=1e-12)
 

@@ -1,29 +1,39 @@
 """Generative dynamics: how noise turns into samples, and the losses that teach the network.
 
-A dynamics object wraps a :class:`~skformer.network.MaskedTransformer` with its preconditioning
-and exposes, over full token vectors with a condition mask:
-
-* ``loss(net, x0, observed, edges, gen)`` -- per-sample training loss on latent entries only;
-* ``denoise(net, x, sigma, observed, edges)`` -- the model in variance-exploding form
-  (``x = x0 + sigma * eps``), an estimate of x0; observed entries pass through;
-* ``time_grid(steps, device)`` -- decreasing noise levels from pure noise to 0;
-* ``prior_sample`` / ``prior_log_prob`` -- the noise distribution at the start of the grid.
-
-The solvers in :mod:`skformer.dynamics.solvers` only see these methods.
+:class:`~skformer.dynamics.base.Dynamics` states the contract (preconditioning, training noise
+levels, regression target, sampling grid, noise prior); :class:`ScoreDynamics` and
+:class:`FlowDynamics` fulfil it. :data:`DYNAMICS` is the one registry of their names, which are
+the estimator's ``method`` values.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
+from skformer.dynamics.base import Dynamics
 from skformer.dynamics.flow import FlowDynamics
 from skformer.dynamics.score import ScoreDynamics
 
-__all__ = ["ScoreDynamics", "FlowDynamics", "make_dynamics", "METHODS"]
+__all__ = ["Dynamics", "ScoreDynamics", "FlowDynamics", "DYNAMICS", "METHODS", "make_dynamics"]
 
-METHODS = ("score", "flow")
+DYNAMICS: dict[str, type[Dynamics]] = {cls.name: cls for cls in (ScoreDynamics, FlowDynamics)}
+"""Dynamics classes by name."""
+
+METHODS = tuple(DYNAMICS)
 
 
-def make_dynamics(method: str, sde: str = "ve"):
-    """The dynamics for an estimator's ``method`` ("score" or "flow") and ``sde``."""
-    if method == "score":
-        return ScoreDynamics(sde=sde)
-    if method == "flow":
-        return FlowDynamics()
-    raise ValueError(f"method must be one of {METHODS}; got {method!r}.")
+def make_dynamics(method: str, config: dict[str, Any] | None = None) -> Dynamics:
+    """The dynamics named ``method`` built from ``config`` (its constructor arguments).
+
+    Raises ValueError for an unknown name or arguments the class does not take.
+    """
+    cls = DYNAMICS.get(method) if isinstance(method, str) else None
+    if cls is None:
+        raise ValueError(f"method must be one of {METHODS}; got {method!r}.")
+    config = dict(config or {})
+    if not all(isinstance(k, str) for k in config):
+        raise ValueError(f"dynamics arguments must have string keys; got {list(config)}.")
+    try:
+        return cls(**config)
+    except TypeError as err:
+        raise ValueError(f"{cls.__name__} does not take the arguments {config}: {err}") from err

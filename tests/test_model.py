@@ -1,0 +1,153 @@
+"""The torch-level model: standardiser, devices, descriptions, and inference with an exact
+network (a Gaussian joint, so every conditional is known) instead of a trained one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import multivariate_normal
+
+from skformer._utils import make_generator
+from skformer.dynamics import FlowDynamics, ScoreDynamics
+from skformer.layout import Layout
+from skformer.model import SimformerModel, Standardiser
+from skformer.network import MaskedTransformer
+
+from _gaussian import OracleNetwork, conditional_gaussian
+
+# a correlated Gaussian joint in data units, far from zero and of unequal scales
+DATA_MEAN = np.array([100.0, -3.0, 0.02])
+DATA_SCALE = np.array([5.0, 0.1, 0.01])
+CORR = np.array([[1.0, 0.8, 0.3], [0.8, 1.0, 0.5], [0.3, 0.5, 1.0]])
+DATA_COV = CORR * np.outer(DATA_SCALE, DATA_SCALE)
+
+
+# ---------------------------------------------------------------------------------- standardiser
+def test_standardiser_round_trip_and_log_det():
+    X = torch.as_tensor(np.random.default_rng(0).normal(DATA_MEAN, DATA_SCALE, (5000, 3)))
+    st = Standardiser.from_data(X)
+    np.testing.assert_allclose(st.mean.numpy(), X.numpy().mean(0))
+    np.testing.assert_allclose(st.scale.numpy(), X.numpy().std(0))
+    z = st(X)
+    assert z.dtype == torch.float32
+    np.testing.assert_allclose(z.double().std(0, correction=0).numpy(), 1.0, atol=1e-6)
+    # float32 standard units: data back to 1e-6 of each column's scale
+    np.testing.assert_allclose((st.inverse(z).numpy() - X.numpy()) / DATA_SCALE, 0, atol=1e-6)
+    cols = torch.tensor([2, 0])
+    np.testing.assert_allclose(st(X[:, [2, 0]], cols).numpy(), z[:, [2, 0]].numpy())
+    assert st.log_abs_det(cols).item() == pytest.approx(-np.log(st.scale.numpy()[[2, 0]]).sum())
+
+
+def test_standardiser_keeps_resolution_far_from_zero():
+    """A mean of 1e6 and a spread of 1e-3: float32 arithmetic would lose it all."""
+    rng = np.random.default_rng(1)
+    X = torch.as_tensor(1e6 + 1e-3 * rng.standard_normal((1000, 1)))
+    z = Standardiser.from_data(X)(X)
+    assert z.std().item() == pytest.approx(1.0, rel=1e-3)
+
+
+def test_constant_columns_keep_scale_one():
+    X = torch.tensor([[1.0, 5.0], [2.0, 5.0], [3.0, 5.0]], dtype=torch.float64)
+    st = Standardiser.from_data(X)
+    assert st.scale[1] == 1.0 and torch.isfinite(st(X)).all()
+
+
+# ---------------------------------------------------------------------------------- one module
+def _model(dynamics=None, T=3) -> SimformerModel:
+    torch.manual_seed(0)
+    return SimformerModel(MaskedTransformer(T, 16, 1, 2), dynamics or ScoreDynamics(),
+                          Standardiser(torch.zeros(T), torch.ones(T)), Layout.from_spec(T))
+
+
+def test_to_moves_everything(device):
+    model = _model().to(device)
+    assert model.device == device
+    assert all(t.device == device for t in model.state_dict().values())
+    keys = set(model.state_dict())
+    assert {"standardiser.mean", "standardiser.scale"} < keys
+    assert all(k.startswith(("network.", "standardiser.")) for k in keys)
+
+
+def test_description_round_trip(device):
+    model = _model(FlowDynamics(sigma_max=20.0))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    again = SimformerModel.from_description(model.describe(), state, device)
+    assert again.dynamics == model.dynamics and again.layout == model.layout
+    for k, v in again.state_dict().items():
+        torch.testing.assert_close(v.cpu(), state[k], rtol=0, atol=0)
+    assert not again.training and not any(p.requires_grad for p in again.parameters())
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda d, s: d["network"].update(n_layers=2), "missing"),
+        (lambda d, s: d["network"].update(d_model=15), "divisible"),
+        (lambda d, s: d["network"].update(extra=1), "positive integers"),
+        (lambda d, s: d.update(dynamics={"method": "score"}), "config"),
+        (lambda d, s: s["standardiser.scale"].fill_(0.0), "positive"),
+        (lambda d, s: s["network.head.weight"].fill_(np.inf), "non-finite"),
+        (lambda d, s: s.update({"standardiser.mean": torch.zeros(3)}), "dtype"),
+    ],
+)
+def test_from_description_refuses_inconsistent_input(edit, match):
+    model = _model()
+    desc, state = model.describe(), {k: v.clone() for k, v in model.state_dict().items()}
+    edit(desc, state)
+    with pytest.raises(ValueError, match=match):
+        SimformerModel.from_description(desc, state, torch.device("cpu"))
+
+
+# ---------------------------------------------------------------------------------- inference
+def oracle_model(dynamics, device) -> SimformerModel:
+    """A model whose network is exact for DATA_COV after standardisation."""
+    std_cov = DATA_COV / np.outer(DATA_SCALE, DATA_SCALE)
+    net = OracleNetwork(dynamics, np.zeros(3), std_cov)
+    model = SimformerModel(net, dynamics, Standardiser(torch.as_tensor(DATA_MEAN),
+                                                       torch.as_tensor(DATA_SCALE)),
+                           Layout.from_spec(3))
+    return model.to(device)
+
+
+CASES = [np.array([False, True, False]), np.array([False, False, False]),
+         np.array([True, False, True])]
+
+
+@pytest.mark.parametrize("dynamics", [ScoreDynamics(), FlowDynamics()], ids=["score", "flow"])
+@pytest.mark.parametrize("mask", CASES, ids=["one observed", "joint", "two observed"])
+def test_samples_and_densities_of_an_exact_network_are_exact(dynamics, mask, device):
+    """Standardisation, the joint vector, the solver and the density all in place: samples
+    have the exact conditional's mean and covariance, and log_prob its log density."""
+    model = oracle_model(dynamics, device)
+    values = DATA_MEAN[mask] + 0.5 * DATA_SCALE[mask]
+    mean, cov = conditional_gaussian(DATA_MEAN, DATA_COV, mask, values)
+    condition = torch.as_tensor(mask, device=device)
+    observed = torch.as_tensor(values[None], device=device)
+    x = model.sample(condition, observed, 4000, steps=30, solver="dpm",
+                     generator=make_generator(0, device))
+    assert x.shape == (1, 4000, 3) and x.dtype == torch.float64
+    x = x[0].cpu().numpy()
+    np.testing.assert_array_equal(x[:, mask], np.broadcast_to(values, (4000, mask.sum())))
+    lat = x[:, ~mask]
+    sd = np.sqrt(np.diag(cov))
+    assert (np.abs(lat.mean(0) - mean) < 5 * sd / np.sqrt(4000)).all(), (lat.mean(0), mean)
+    np.testing.assert_allclose(lat.std(0) / sd, 1, atol=0.05)
+    points = torch.as_tensor(lat[:50], device=device)
+    logp = model.log_prob(condition, points, observed, steps=30).cpu().numpy()
+    exact = multivariate_normal(mean, cov).logpdf(lat[:50])
+    # the ODE error of 30 DPM steps and float32 arithmetic: a few hundredths of a nat
+    np.testing.assert_allclose(logp, exact, atol=0.05)
+
+
+def test_climb_finds_the_mode_of_an_exact_network(device):
+    model = oracle_model(ScoreDynamics(), device)
+    mask = np.array([False, True, False])
+    values = DATA_MEAN[mask] + DATA_SCALE[mask]
+    mean, _ = conditional_gaussian(DATA_MEAN, DATA_COV, mask, values)
+    start = torch.as_tensor(mean + 3 * DATA_SCALE[~mask] * np.array([[1, -1], [-1, 1.0]]),
+                            device=device)
+    out = model.climb(torch.as_tensor(mask, device=device),
+                      torch.as_tensor(values, device=device), start, n_iter=400,
+                      learning_rate=0.05).cpu().numpy()
+    assert (np.abs(out - mean) < 0.05 * DATA_SCALE[~mask]).all(), (out, mean)
