@@ -182,9 +182,9 @@ def test_training_noise_levels():
     schedule between t_eps and 1. Kolmogorov-Smirnov p-values over 20,000 draws."""
     score = ScoreDynamics("ve", p_mean=-1.2, p_std=1.4)
     log_sigma = torch.log(score.training_sigmas(20_000, _gen(4))).numpy()
-    assert stats.kstest(log_sigma, "norm", args=(-1.2, 1.4)).pvalue > 1e-3
+    assert stats.kstest(log_sigma, stats.norm(-1.2, 1.4).cdf).pvalue > 1e-3
     sigma = FlowDynamics().training_sigmas(20_000, _gen(5))
-    assert stats.kstest((sigma / (1 + sigma)).numpy(), "uniform").pvalue > 1e-3
+    assert stats.kstest((sigma / (1 + sigma)).numpy(), stats.uniform().cdf).pvalue > 1e-3
     vp = ScoreDynamics("vp")
     s = vp.training_sigmas(20_000, _gen(6))
     lo = float(vp._vp_sigma(torch.tensor(vp.t_eps, dtype=torch.float64)))
