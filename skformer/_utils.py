@@ -18,6 +18,8 @@ The global torch and numpy random states are never used or changed.
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 from dataclasses import dataclass, fields
 
@@ -27,6 +29,7 @@ import torch
 __all__ = [
     "DTYPE",
     "resolve_device",
+    "warn",
     "seed_from",
     "FitSeeds",
     "fit_seeds",
@@ -39,12 +42,27 @@ DTYPE = torch.float32
 """The dtype of the network and of everything it sees."""
 
 
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_SKLEARN = f"{os.sep}sklearn{os.sep}"
+
+
+def warn(message: str | Warning, category: type[Warning]) -> None:
+    """``warnings.warn`` pointing at the user's line: the first frame outside skformer and
+    scikit-learn (a fit called through a Pipeline, GridSearchCV or the sbi facade included)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and (frame.f_code.co_filename.startswith(_HERE)
+                                 or _SKLEARN in frame.f_code.co_filename):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level + 1)
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """Turn a device spec ("auto", "cpu", "cuda", "cuda:1", "gpu", torch.device) into a device.
 
     "auto" (or None) picks the first GPU when one is present. "gpu" means "cuda". A CUDA device
     that is not available falls back to the CPU with a warning, so a model trained on a GPU can
-    be loaded and used anywhere.
+    be loaded and used anywhere. Other device types ("meta", "mps", ...) are refused: the model
+    keeps float64 standardisation buffers and real weights, which only the CPU and CUDA hold.
     """
     if device is None or (isinstance(device, str) and device == "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -56,14 +74,15 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         raise ValueError(
             f"device must be 'auto', 'cpu', 'cuda' or 'cuda:<index>', got {device!r}."
         ) from err
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(
+            f"device must be 'auto', 'cpu', 'cuda' or 'cuda:<index>', got {device!r}."
+        )
     if dev.type == "cuda":
         index = dev.index or 0
         if not torch.cuda.is_available() or index >= torch.cuda.device_count():
-            warnings.warn(
-                f"device {str(dev)!r} is not available on this machine; using the CPU instead.",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+            warn(f"device {str(dev)!r} is not available on this machine; using the CPU "
+                 "instead.", RuntimeWarning)
             return torch.device("cpu")
     return dev
 

@@ -6,7 +6,7 @@ needs to import the package itself to read it.
 
 from __future__ import annotations
 
-import warnings
+from skformer._utils import warn
 
 __all__ = ["__version__", "SkformerVersionWarning", "check_version"]
 
@@ -43,14 +43,12 @@ class SkformerVersionWarning(UserWarning):
         )
 
 
-def check_version(original, estimator_name: str, stacklevel: int = 3) -> None:
+def check_version(original, estimator_name: str) -> None:
     """Warn with :class:`SkformerVersionWarning` when ``original`` is not the running version."""
     if original != __version__:
-        warnings.warn(
-            SkformerVersionWarning(
-                estimator_name=estimator_name,
-                current_version=__version__,
-                original_version="unknown" if original is None else str(original),
-            ),
-            stacklevel=stacklevel,
+        warning = SkformerVersionWarning(
+            estimator_name=estimator_name,
+            current_version=__version__,
+            original_version="unknown" if original is None else str(original),
         )
+        warn(warning, SkformerVersionWarning)

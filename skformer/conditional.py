@@ -115,7 +115,19 @@ class Conditional:
             raise ValueError("observed holds no observation (0 rows).")
         if not torch.isfinite(obs).all():
             raise ValueError("observed holds non-finite values (NaN or inf).")
+        self._check_range(obs, self.observed_columns, "observed")
         return obs, batched
+
+    def _check_range(self, values: torch.Tensor, columns: np.ndarray, what: str) -> None:
+        """Refuse values so far from the training data that standard units overflow float32."""
+        m = self._model
+        z = m.standardiser(values, torch.as_tensor(columns, device=m.device))
+        if not torch.isfinite(z).all():
+            raise ValueError(
+                f"{what} holds values so far outside the training data (more than 3e38 of its "
+                "standard deviations) that they cannot be represented in the network's float32 "
+                "units."
+            )
 
     def _values(self, values, n_obs: int) -> torch.Tensor:
         v = as_float_tensor(values, self._model.device, torch.float64)
@@ -130,6 +142,7 @@ class Conditional:
             raise ValueError("values holds no row.")
         if not torch.isfinite(v).all():
             raise ValueError("values holds non-finite values (NaN or inf).")
+        self._check_range(v, self.latent_columns, "values")
         if n_obs not in (1, v.shape[0]):
             raise ValueError(
                 f"observed has {n_obs} rows but values has {v.shape[0]}: give one observation "
@@ -170,7 +183,10 @@ class Conditional:
             Values of the observed columns (``observed_columns`` order), in data units. A 2-D
             array samples every observation at once. Omit when nothing is observed.
         random_state : int, RandomState, Generator or None
-            Seed for this call's noise.
+            Seed for this call's noise. The same seed and the same ``observed`` give the same
+            samples. A 2-D ``observed`` is one stream of draws: the samples of its first row
+            differ from those of that row sampled alone with the same seed (both are exact
+            draws of the same distribution).
         steps : int, optional
             Solver steps (default: ``sampling_steps``, the estimator's).
         solver : {"dpm", "heun", "euler", "sde"}, optional
@@ -182,7 +198,9 @@ class Conditional:
             ``{column: (low, high)}`` with a column index of the joint vector or a column name
             (``-np.inf`` / ``np.inf`` for one-sided), and / or linear inequalities
             ``(weights, low, high)`` meaning ``low <= weights @ x <= high`` with one weight per
-            column of the joint vector (a list of such triples). Sampling is guided towards the
+            column of the whole joint vector (``n_columns`` weights in the joint's column
+            order, not only the latent ones; observed columns must have weight 0), given as a
+            list of such triples. Sampling is guided towards the
             region (the gradient of a soft indicator of it, taken through the denoiser, is added
             to the score; Gloeckler et al. 2024, sec. 3.4) and samples still outside are
             rejected and redrawn, so every sample returned satisfies the constraints.

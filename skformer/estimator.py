@@ -21,7 +21,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 import skformer._version as _version
 from skformer._legacy import pickle_state_to_description
-from skformer._utils import FitSeeds, fit_seeds, resolve_device, to_numpy
+from skformer._utils import FitSeeds, fit_seeds, resolve_device, to_numpy, warn
 from skformer.conditional import Conditional
 from skformer.dynamics import METHODS, Dynamics, make_dynamics
 from skformer.dynamics.solvers import SOLVERS
@@ -32,6 +32,10 @@ from skformer.network import MaskedTransformer
 from skformer.training import TrainConfig, TrainResult, train
 
 __all__ = ["SimformerEstimator"]
+
+MAX_STEPS = 10_000
+"""Most default solver steps a parameter may ask for (the Simformer paper samples with 500);
+a call can still pass more with ``steps=``."""
 
 
 class SimformerEstimator(DensityMixin, BaseEstimator):
@@ -90,14 +94,19 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         Default solver of sampling: the probability-flow ODE with DPM-Solver++(3M), Heun or
         Euler, or the reverse SDE with Euler-Maruyama (see :mod:`skformer.dynamics.solvers`).
     sampling_steps : int, default=20
-        Default solver steps when sampling: one network call per step (Heun: two).
+        Default solver steps when sampling: one network call per step (Heun: two). At most
+        10,000.
     log_prob_steps : int, default=20
-        Default ODE steps of log densities (``score_samples``, ``Conditional.log_prob``).
+        Default ODE steps of log densities (``score_samples``, ``Conditional.log_prob``); 2 to
+        10,000.
     device : str or torch.device, default="auto"
         "auto" (a GPU when present), "cpu", "cuda", "cuda:1", ...
     random_state : int, RandomState or Generator instance, or None, default=None
         Seeds everything random in ``fit`` (see :func:`skformer._utils.fit_seeds`): weight
-        initialisation, validation split, shuffling, masks and noise.
+        initialisation, validation split, shuffling, masks and noise. With an int, a fit is
+        repeated bit for bit on the same machine, device, torch version and number of threads;
+        across thread counts, machines or versions the results agree in distribution only (the
+        order of floating-point sums differs). Sampling takes its own ``random_state``.
     verbose : int, default=0
         Show a progress bar during training when positive.
 
@@ -170,8 +179,8 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="left")],
         "solver": [StrOptions(set(SOLVERS))],
-        "sampling_steps": [Interval(Integral, 1, None, closed="left")],
-        "log_prob_steps": [Interval(Integral, 2, None, closed="left")],
+        "sampling_steps": [Interval(Integral, 1, MAX_STEPS, closed="both")],
+        "log_prob_steps": [Interval(Integral, 2, MAX_STEPS, closed="both")],
         "device": [str, torch.device, HasMethods("type")],
         "random_state": ["random_state", np.random.Generator],
         "verbose": ["verbose"],
@@ -295,6 +304,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
                 )
             return Layout.from_spec(n_columns, [F] * V)
         names = getattr(self, "feature_names_in_", None)
+        labels = None if names is None else [str(n) for n in names]
         spec = self.variables
         if isinstance(spec, dict):
             lookup = {str(n): i for i, n in enumerate(names)} if names is not None else {}
@@ -307,10 +317,11 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
                 return int(c)
 
             groups = [[col(c) for c in np.atleast_1d(cols)] for cols in spec.values()]
-            return Layout.from_spec(n_columns, groups, names=list(spec.keys()))
+            return Layout.from_spec(n_columns, groups, names=list(spec.keys()),
+                                    column_labels=labels)
         if spec is None and names is not None:
-            return Layout.from_spec(n_columns, None, names=list(names))
-        return Layout.from_spec(n_columns, spec)
+            return Layout.from_spec(n_columns, None, names=list(names), column_labels=labels)
+        return Layout.from_spec(n_columns, spec, column_labels=labels)
 
     def _training_split(self, layout: Layout) -> tuple[list[int], list[int]]:
         """Latent / observed variables for the training masks.
@@ -383,17 +394,43 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         Returns
         -------
         self : SimformerEstimator
+
+        Raises
+        ------
+        ValueError
+            For bad input or parameters, and when training diverges (a loss that is not finite
+            or far above the untrained network's) before any epoch did better than the untrained
+            network. A fit that raises leaves the estimator as it was.
+        KeyboardInterrupt
+            Ctrl-C stops training and is raised again, so a script stops. When at least one
+            epoch had finished, the estimator keeps the best weights so far (``converged_`` is
+            False), so that in a notebook the model trained until then is not lost; otherwise
+            it is left as it was.
+
+        Warns
+        -----
+        RuntimeWarning
+            When training diverged after a good epoch: the estimator keeps that epoch's weights.
+        ConvergenceWarning
+            When ``max_epochs`` ended training before early stopping decided; the message says
+            whether the loss was still improving or had stalled.
         """
         snapshot = dict(self.__dict__)
         try:
-            return self._fit(X)
+            result = self._fit(X)
         except BaseException:
-            # nothing half-changed: a failed or interrupted fit leaves the estimator as it was
+            # nothing half-changed: a failed fit leaves the estimator as it was
             self.__dict__.clear()
             self.__dict__.update(snapshot)
             raise
+        if result.interrupted:
+            message = (f"fit interrupted after {result.n_iter} epochs; the estimator keeps the "
+                       f"weights of epoch {result.best_epoch + 1}, the best so far")
+            warn(message + ".", RuntimeWarning)
+            raise KeyboardInterrupt(message)
+        return self
 
-    def _fit(self, X):
+    def _fit(self, X) -> TrainResult:
         # parameters are validated by _fit_context (unless skip_parameter_validation is set)
         X = self._validate_X(X, reset=True)
         if X.shape[0] < 2:
@@ -417,8 +454,8 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         model.network = network
         self.model_ = model.requires_grad_(False).eval()
         self._record(result)
-        self._warn_if_not_converged(result, has_validation=x_val is not None)
-        return self
+        self._warn_about(result, has_validation=x_val is not None)
+        return result
 
     def _build_model(self, X: np.ndarray, layout: Layout, seeds: FitSeeds) -> SimformerModel:
         """An untrained model: standardiser fitted to X, dynamics, freshly seeded network."""
@@ -467,15 +504,28 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         self.n_iter_ = result.n_iter
         self.converged_ = result.converged
 
-    def _warn_if_not_converged(self, result: TrainResult, has_validation: bool) -> None:
-        if not result.converged and not result.interrupted:
-            warnings.warn(
-                f"max_epochs={self.max_epochs} reached while the "
-                f"{'validation' if has_validation else 'training'} loss was still improving; "
-                "consider a larger max_epochs.",
-                ConvergenceWarning,
-                stacklevel=5,  # here, _fit, fit, _fit_context's wrapper, the caller
-            )
+    def _warn_about(self, result: TrainResult, has_validation: bool) -> None:
+        """Say how training ended when it did not settle: diverged, or cut by max_epochs."""
+        if result.diverged is not None:
+            warn(f"training diverged: {result.diverged}. The estimator keeps the weights of "
+                 f"epoch {result.best_epoch + 1}, the best before it; a lower learning_rate "
+                 f"({self.learning_rate:g} now) may train further.", RuntimeWarning)
+            return
+        if result.converged or result.interrupted:
+            return
+        which = "validation" if has_validation else "training"
+        since = result.n_iter - 1 - result.best_epoch
+        if since == 0:
+            message = (f"max_epochs={self.max_epochs} reached while the {which} loss was still "
+                       "improving (its best was the last epoch); consider a larger max_epochs.")
+        else:
+            kept = (f"the weights of epoch {result.best_epoch + 1} were kept"
+                    if has_validation else "the last epoch's weights were kept")
+            message = (f"max_epochs={self.max_epochs} reached before early stopping could "
+                       f"decide: the {which} loss last improved in epoch "
+                       f"{result.best_epoch + 1} and then not for {since} epochs "
+                       f"(n_iter_no_change={self.n_iter_no_change}); {kept}.")
+        warn(message, ConvergenceWarning)
 
     # ------------------------------------------------------------------ inference
     def _conditional(self, condition_columns, edge_columns, returned=None) -> Conditional:
@@ -631,7 +681,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         name = description.get("estimator")
         if name != cls.__name__:
             raise ValueError(f"the description is of a {name!r}; expected a {cls.__name__}.")
-        _version.check_version(description.get("skformer_version"), cls.__name__, stacklevel=4)
+        _version.check_version(description.get("skformer_version"), cls.__name__)
         est = cls()
         known = est.get_params(deep=False)
         params, fitted = description.get("params"), description.get("fitted")
@@ -660,6 +710,8 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         if "model" in description:
             est.model_ = SimformerModel.from_description(description["model"], dict(tensors),
                                                          resolve_device(est.device))
+            if validate:
+                _check_fitted(est, fitted)
         elif tensors:
             raise ValueError("the description holds weights but no model.")
         vars(est).update(fitted)
@@ -675,3 +727,30 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         restored = type(self)._from_description(state["description"], state["tensors"],
                                                 validate=False)
         self.__dict__.update(restored.__dict__)
+
+
+def _check_fitted(est: SimformerEstimator, fitted: dict[str, Any]) -> None:
+    """A loaded model agrees with the parameters and attributes that describe it."""
+    model = est.model_
+    arch = model.network.config()
+    stated = {"d_model": est.d_model, "n_layers": est.n_layers, "n_heads": est.n_heads,
+              "method": est.method}
+    actual = {**{k: arch[k] for k in ("d_model", "n_layers", "n_heads")},
+              "method": model.dynamics.name}
+    if est.method == "score":
+        stated["sde"], actual["sde"] = est.sde, model.dynamics.sde
+    if stated != actual:
+        raise ValueError(f"the parameters {stated} do not describe the model {actual}.")
+    T = model.layout.n_columns
+    n = fitted.get("n_features_in_", T)
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n != T:
+        raise ValueError(f"n_features_in_ is {n!r} but the model has {T} columns.")
+    names = fitted.get("feature_names_in_")
+    if names is not None and (not isinstance(names, np.ndarray) or names.shape != (T,)):
+        raise ValueError(f"feature_names_in_ must be an array of {T} names; got {names!r}.")
+    shape = fitted.get("input_shape_")
+    if shape is not None and not (
+            isinstance(shape, tuple) and len(shape) == 2
+            and all(isinstance(s, int) and s >= 1 for s in shape) and shape[0] * shape[1] == T):
+        raise ValueError(f"input_shape_ must be None or (n_variables, n_features) with "
+                         f"{T} columns in all; got {shape!r}.")

@@ -51,6 +51,9 @@ class Layout:
         For each variable, the indexes of its columns. Together they partition the columns.
     names : tuple of str
         One name per variable.
+    column_labels : tuple of str or None
+        One name per column (a DataFrame's column names), or None to name columns after their
+        variables.
 
     Examples
     --------
@@ -63,17 +66,19 @@ class Layout:
 
     groups: tuple[tuple[int, ...], ...]
     names: tuple[str, ...]
+    column_labels: tuple[str, ...] | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_spec(
-        cls, n_columns: int, variables=None, names: Sequence[str] | None = None
+        cls, n_columns: int, variables=None, names: Sequence[str] | None = None,
+        column_labels: Sequence[str] | None = None,
     ) -> Layout:
         """Build a layout for ``n_columns`` from the ``variables`` parameter.
 
         ``variables`` is None (one variable per column), a list of sizes of consecutive groups
         (``[3, 3]``), or a list of lists of column indexes that together cover every column once
-        (``[[0, 2], [1, 3]]``).
+        (``[[0, 2], [1, 3]]``). ``column_labels`` names the columns themselves (distinct).
         """
         if variables is None:
             groups = tuple((j,) for j in range(n_columns))
@@ -114,11 +119,19 @@ class Layout:
         names = tuple(str(n) for n in names)
         if len(names) != len(groups):
             raise ValueError(f"{len(groups)} variables but {len(names)} names.")
-        return cls(groups=groups, names=names)
+        if column_labels is not None:
+            column_labels = tuple(str(c) for c in column_labels)
+            if len(column_labels) != n_columns or len(set(column_labels)) != n_columns:
+                raise ValueError(f"column labels must be {n_columns} distinct names; got "
+                                 f"{list(column_labels)}.")
+        return cls(groups=groups, names=names, column_labels=column_labels)
 
     def to_dict(self) -> dict:
         """A JSON-ready description (see :meth:`from_dict`)."""
-        return {"groups": [list(g) for g in self.groups], "names": list(self.names)}
+        out = {"groups": [list(g) for g in self.groups], "names": list(self.names)}
+        if self.column_labels is not None:
+            out["column_names"] = list(self.column_labels)
+        return out
 
     @classmethod
     def from_dict(cls, d) -> Layout:
@@ -131,8 +144,12 @@ class Layout:
         names = d.get("names")
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise ValueError(f"layout names must be a list of strings; got {names!r}.")
+        labels = d.get("column_names")
+        if labels is not None and (not isinstance(labels, list)
+                                   or not all(isinstance(c, str) for c in labels)):
+            raise ValueError(f"layout column names must be a list of strings; got {labels!r}.")
         n_columns = sum(len(g) for g in groups)
-        return cls.from_spec(n_columns, groups, names)
+        return cls.from_spec(n_columns, groups, names, labels)
 
     # ------------------------------------------------------------------ sizes and names
     @property
@@ -164,7 +181,10 @@ class Layout:
 
     @property
     def column_names(self) -> list[str]:
-        """One name per column: the variable name, with ``[k]`` for multi-column variables."""
+        """One name per column: its label (a DataFrame's column name) when there is one, else
+        the variable name, with ``[k]`` for multi-column variables."""
+        if self.column_labels is not None:
+            return list(self.column_labels)
         out = [""] * self.n_columns
         for name, g in zip(self.names, self.groups, strict=True):
             for k, c in enumerate(g):

@@ -26,7 +26,10 @@ from skformer.guidance import LinearConstraints, sample_satisfying
 from skformer.layout import Layout
 from skformer.network import MaskedTransformer
 
-__all__ = ["Standardiser", "SimformerModel"]
+__all__ = ["Standardiser", "SimformerModel", "MAX_ARCHITECTURE"]
+
+MAX_ARCHITECTURE = {"d_model": 16_384, "n_layers": 1_024, "n_heads": 1_024}
+"""Largest network a description may ask for (checked before anything is allocated)."""
 
 
 class Standardiser(nn.Module):
@@ -49,10 +52,21 @@ class Standardiser(nn.Module):
     @classmethod
     def from_data(cls, X: torch.Tensor) -> Standardiser:
         """Column means and standard deviations of ``X`` (n_rows, n_columns); a column that is
-        constant (to 12 digits) keeps scale 1."""
+        constant (its spread within 1e-12 of its mean's magnitude) keeps scale 1.
+
+        Each column is divided by its largest magnitude first, so that squares cannot overflow:
+        any finite float64 data (1e300 included) gives a finite mean and scale.
+        """
         X = X.to(torch.float64)
-        mean, scale = X.mean(0), X.std(0, correction=0)
-        scale = torch.where(scale < 1e-12 * mean.abs().clamp(min=1.0), 1.0, scale)
+        peak = X.abs().amax(0).clamp(min=torch.finfo(torch.float64).tiny)
+        unit = X / peak
+        mean, scale = unit.mean(0) * peak, unit.std(0, correction=0) * peak
+        # constant columns (to rounding, relative to their value) keep scale 1; a spread of
+        # 1e-39 around 0 is data, not rounding
+        scale = torch.where(scale <= 1e-12 * mean.abs(), 1.0, scale)
+        if not bool(torch.isfinite(mean).all() and torch.isfinite(scale).all()):
+            bad = (~(torch.isfinite(mean) & torch.isfinite(scale))).nonzero().flatten().tolist()
+            raise ValueError(f"the mean or spread of columns {bad} is not finite in float64.")
         return cls(mean, scale)
 
     def _pick(self, columns):
@@ -240,8 +254,9 @@ class SimformerModel(nn.Module):
 
         The architecture is checked against the tensors on the ``meta`` device first, so a
         description asking for a network larger than the weights it comes with allocates
-        nothing. The global torch RNG is left untouched. The model is in eval mode, without
-        gradients, on ``device``.
+        nothing; the tensors given then become the weights (no initialisation, so the global
+        torch RNG is left untouched). The model is in eval mode, without gradients, on
+        ``device``.
         """
         if not isinstance(description, dict):
             raise ValueError(f"a model description must be a mapping; got {description!r}.")
@@ -257,6 +272,10 @@ class SimformerModel(nn.Module):
                 type(arch[k]) is int and arch[k] >= 1 for k in keys):
             raise ValueError(f"the network description needs positive integers {keys}; got "
                              f"{arch!r}.")
+        too_big = {k: arch[k] for k, v in MAX_ARCHITECTURE.items() if arch[k] > v}
+        if too_big:
+            raise ValueError(f"the network asks for {too_big}, beyond the limits "
+                             f"{MAX_ARCHITECTURE}.")
         if arch["n_tokens"] != layout.n_columns:
             raise ValueError(f"the network has {arch['n_tokens']} tokens but the layout "
                              f"{layout.n_columns} columns.")
@@ -286,8 +305,6 @@ class SimformerModel(nn.Module):
         if not bool((scale > 0).all()) or not bool((scale < math.inf).all()):
             raise ValueError(f"standardiser scales must be positive and finite; got "
                              f"{scale.tolist()}.")
-        with torch.random.fork_rng(devices=[]):
-            model = cls(MaskedTransformer(**arch), dynamics,
-                        Standardiser(torch.zeros(T), torch.ones(T)), layout)
-        model.load_state_dict(state_dict)
-        return model.to(device).requires_grad_(False).eval()
+        # the checked tensors become the weights: no second initialisation, no RNG use
+        skeleton.load_state_dict(state_dict, assign=True)
+        return skeleton.to(device).requires_grad_(False).eval()

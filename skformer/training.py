@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import math
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -47,7 +46,7 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """What happened: per-epoch losses, the epoch kept, whether training settled."""
+    """What happened: per-epoch losses, the epoch kept, whether and how training ended early."""
 
     loss_curve: list[float] = field(default_factory=list)
     validation_scores: list[float] = field(default_factory=list)
@@ -55,6 +54,15 @@ class TrainResult:
     n_iter: int = 0
     converged: bool = False
     interrupted: bool = False
+    diverged: str | None = None
+    """Why training stopped diverging (a sentence), when it did and earlier weights were kept."""
+    untrained_score: float = math.nan
+    """The untrained network's score (validation loss, else its first training batch's loss)."""
+
+
+EXPLOSION = 10.0
+"""A loss this many times the untrained network's means training has diverged (the untrained
+network predicts zero, the trivial answer; a trained one must not do far worse)."""
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
@@ -68,6 +76,11 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
 @torch.no_grad()
 def _ema_update(ema: torch.nn.Module, net: torch.nn.Module, decay: float) -> None:
     torch._foreach_lerp_(list(ema.parameters()), list(net.parameters()), 1 - decay)
+
+
+def _finite(module: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in module.state_dict().values()
+               if p.is_floating_point())
 
 
 def train(
@@ -84,7 +97,16 @@ def train(
 
     x_train, x_val : tensors of shape (n, tokens), standardised, on the network's device.
     The returned network is a copy holding the exponential moving average of the weights at the
-    epoch with the lowest validation loss (or the last epoch without a validation set).
+    epoch with the lowest validation loss; without a validation set, at the last epoch.
+
+    Divergence: an epoch whose training or validation loss is not finite, or is more than
+    :data:`EXPLOSION` times the untrained network's, ends training. The best epoch's weights are
+    kept when they beat the untrained network (``result.diverged`` says what happened);
+    otherwise a ``ValueError`` says so. The returned weights are always finite.
+
+    Interruption: a ``KeyboardInterrupt`` after the first epoch ends training with the best
+    weights so far and ``result.interrupted`` set (the caller decides what to do with it);
+    during the first epoch it propagates.
     """
     device = x_train.device
     shuffle_gen = make_generator(seeds.shuffle, device)
@@ -98,13 +120,14 @@ def train(
     total = steps_per_epoch * config.max_epochs
     warmup = max(1, int(config.warmup_fraction * total))
 
+    result = TrainResult()
     val = None
     if x_val is not None and x_val.shape[0] > 0:
         val = _validation_set(dynamics, x_val, validation_masks, config.validation_rows,
                               make_generator(seeds.validation, device))
-
-    result = TrainResult()
+        result.untrained_score = _validate(dynamics, ema, val, bs)
     best_score, best_state, since_best = math.inf, None, 0
+    first_loss = None
     step = 0
     bar = None
     if config.verbose:
@@ -122,6 +145,8 @@ def train(
                 sigma = dynamics.training_sigmas(x0.shape[0], noise_gen)
                 eps = torch.randn(x0.shape, generator=noise_gen, device=device)
                 loss = dynamics.loss(network, x0, observed, edges, sigma, eps).mean()
+                if first_loss is None:
+                    first_loss = loss.detach()
                 for g in opt.param_groups:
                     g["lr"] = config.learning_rate * lr_factor(step, total, warmup)
                 opt.zero_grad(set_to_none=True)
@@ -133,10 +158,16 @@ def train(
                 running += loss.detach()
             result.loss_curve.append(float(running) / steps_per_epoch)
             result.n_iter = epoch + 1
+            if val is None and epoch == 0:
+                result.untrained_score = float(first_loss)
 
             score = result.loss_curve[-1] if val is None else _validate(dynamics, ema, val, bs)
             if val is not None:
                 result.validation_scores.append(score)
+            problem = _divergence(result, score, float(first_loss), val is not None)
+            if problem is not None:
+                result.diverged = problem
+                break
             if score < best_score - config.tol:
                 best_score, since_best = score, 0
                 best_state = copy.deepcopy(ema.state_dict())
@@ -154,19 +185,37 @@ def train(
         if best_state is None:
             raise
         result.interrupted = True
-        warnings.warn(
-            f"training interrupted after {result.n_iter} epochs; keeping the best weights so far "
-            f"(epoch {result.best_epoch + 1}).",
-            RuntimeWarning,
-            stacklevel=2,
-        )
     finally:
         if bar is not None:
             bar.close()
-    if val is not None and best_state is not None:
+    if result.diverged is not None and not best_score < result.untrained_score:
+        raise ValueError(
+            f"training diverged: {result.diverged}, and no epoch before it did better than "
+            f"the untrained network. Lower learning_rate ({config.learning_rate:g} now)."
+        )
+    if best_state is not None and (val is not None or result.diverged or result.interrupted):
         ema.load_state_dict(best_state)
+    if not _finite(ema):  # pragma: no cover - every path above keeps finite weights
+        raise ValueError("training produced non-finite weights.")
     ema.eval()
     return ema, result
+
+
+def _divergence(result: TrainResult, score: float, first_loss: float,
+                validated: bool) -> str | None:
+    """Why the epoch just scored means training diverged, or None."""
+    epoch, loss = result.n_iter, result.loss_curve[-1]
+    if not math.isfinite(loss):
+        return f"the training loss of epoch {epoch} is {loss}"
+    if loss > EXPLOSION * first_loss:
+        return (f"the training loss of epoch {epoch} is {loss:.3g}, over {EXPLOSION:g} times "
+                f"the untrained network's {first_loss:.3g}")
+    if validated and not math.isfinite(score):
+        return f"the validation loss of epoch {epoch} is {score}"
+    if validated and score > EXPLOSION * result.untrained_score:
+        return (f"the validation loss of epoch {epoch} is {score:.3g}, over {EXPLOSION:g} times "
+                f"the untrained network's {result.untrained_score:.3g}")
+    return None
 
 
 def _validation_set(dynamics, x_val, masks: Masks, rows: int, gen: torch.Generator):

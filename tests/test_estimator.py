@@ -126,8 +126,15 @@ def test_pandas_column_names_become_variable_names():
     assert cond.latent_names == ["a", "b", "c"]
     grouped = small(variables={"theta": ["a", "b", "c"], "x": ["xa", "xb", "xc"]}).fit(X)
     post = grouped.posterior()
-    assert post.latent_names == ["theta[0]", "theta[1]", "theta[2]"]
-    assert post.observed_names == ["x[0]", "x[1]", "x[2]"]
+    # columns keep the DataFrame's names; variables take the dict's
+    assert grouped.layout_.names == ("theta", "x")
+    assert post.latent_names == ["a", "b", "c"]
+    assert post.observed_names == ["xa", "xb", "xc"]
+    s = post.sample(50, observed=[1.0, 1.0, 1.0], constraints={"a": (-0.05, 0.0)},
+                    random_state=0)
+    assert ((s[:, 0] >= -0.05) & (s[:, 0] <= 0.0)).all()
+    unnamed = small(variables=[3, 3]).fit(X.to_numpy())
+    assert unnamed.posterior().latent_names == ["v0[0]", "v0[1]", "v0[2]"]
 
 
 def test_posterior_marginalises_unlisted_variables():

@@ -470,6 +470,16 @@ def test_rebuilt_file_helper_makes_valid_files(good_file, fitted, tmp_path):
     np.testing.assert_array_equal(draw(load(tmp_path / "rebuilt.skf")), draw(fitted))
 
 
+BIG = "__5000 digits__"  # replaced in the JSON text: json.dumps refuses such an int itself
+
+
+def _nested_tuples(depth: int) -> dict:
+    value: dict | list = []
+    for _ in range(depth):
+        value = {"__type__": "tuple", "value": [value]}
+    return value
+
+
 def _tensor(header: dict, i: int = 0) -> dict:
     return header["tensors"][i]
 
@@ -504,7 +514,44 @@ CRAFTED = {
     ),
     "huge network": (
         lambda h, p: (h["model"]["network"].update(d_model=2**20, n_heads=1), p)[1],
-        "do not fit",
+        "beyond the limits",
+    ),
+    "network of 10**9 width": (
+        lambda h, p: (h["model"]["network"].update(d_model=10**9), p)[1], "beyond the limits",
+    ),
+    "network larger than its weights": (
+        lambda h, p: (h["model"]["network"].update(d_model=64, n_heads=2), p)[1], "do not fit",
+    ),
+    "parameters that do not describe the model": (
+        lambda h, p: (h["params"].update(d_model=32), p)[1], "do not describe the model",
+    ),
+    "n_features_in_ off": (
+        lambda h, p: (h["fitted"].update(n_features_in_=7), p)[1], "n_features_in_",
+    ),
+    "sampling_steps 10**10": (
+        lambda h, p: (h["params"].update(sampling_steps=10**10), p)[1], "sampling_steps",
+    ),
+    "sampling_steps 10**6": (
+        lambda h, p: (h["params"].update(sampling_steps=10**6), p)[1], "sampling_steps",
+    ),
+    "sampling_steps a string": (
+        lambda h, p: (h["params"].update(sampling_steps="abc"), p)[1], "sampling_steps",
+    ),
+    "unknown solver": (lambda h, p: (h["params"].update(solver="rk99"), p)[1], "solver"),
+    "tol NaN": (lambda h, p: (h["params"].update(tol=float("nan")), p)[1], "tol"),
+    "device meta": (lambda h, p: (h["params"].update(device="meta"), p)[1], "device"),
+    "scales zero and negative": (
+        lambda h, p: replace_tensor(h, p, "standardiser.scale",
+                                    np.array([0.0, -1.0, 1e30, 1.0, 1.0, 1.0])),
+        "positive",
+    ),
+    "5000-digit integer": (
+        lambda h, p: (h["params"].update(max_epochs=BIG), p)[1],
+        "longer than the 40 digits",
+    ),
+    "tuples 450 deep": (
+        lambda h, p: (h["params"].update(variables=_nested_tuples(450)), p)[1],
+        "nested .* levels deep",
     ),
     "network tokens do not match layout": (
         lambda h, p: (h["model"]["network"].update(n_tokens=7), p)[1], "7 tokens",
@@ -544,9 +591,11 @@ def test_load_checks_headers_with_valid_checksums(case, good_file, tmp_path):
     mutate, message = CRAFTED[case]
     version, header, payload = split_file(good_file)
     payload = mutate(header, payload)
-    (tmp_path / "crafted.skf").write_bytes(build_file(version, header, payload))
-    with pytest.raises(ValueError, match=message):
+    raw = json.dumps(header).replace(json.dumps(BIG), "9" * 5000).encode()
+    (tmp_path / "crafted.skf").write_bytes(build_file(version, raw, payload))
+    with pytest.raises(ValueError, match=message) as info:
         load(tmp_path / "crafted.skf")
+    assert "crafted.skf" in str(info.value)  # every refusal names the file
 
 
 @pytest.mark.parametrize("case", ["/dev/zero", "fifo"])
@@ -671,3 +720,45 @@ def test_default_size_model_file_sizes_and_load_times(tmp_path, capsys):
         print(f"\ndefault-size model ({n_weights} float32 weights, "
               f"{4 * n_weights / 1024:.1f} KiB raw):")
         print("\n".join(report))
+
+
+# ---------------------------------------------------------------------------------- fuzzing
+JUNK = [None, True, -1, 0, 2**62, 1e308, -0.5, float("nan"), "x", [], {}, [[]], {"__type__": 1}]
+
+
+def _leaves(value, path=()):
+    """Paths to every leaf (and every container) of a JSON value."""
+    yield path
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _leaves(v, (*path, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value[:3]):  # long arrays: their first entries are enough
+            yield from _leaves(v, (*path, i))
+
+
+def test_any_edited_header_value_is_loaded_or_refused_with_a_value_error(good_file, tmp_path):
+    """Replace each value of a valid header (tensor index aside) with junk of every JSON type:
+    load either succeeds or raises ValueError naming the file; nothing else escapes."""
+    version, header, payload = split_file(good_file)
+    paths = [p for p in _leaves(header) if p and p[0] not in ("tensors", "format")]
+    outcomes = {"loaded": 0, "refused": 0}
+    rng = np.random.default_rng(0)
+    for path in paths:
+        for junk in rng.choice(np.array(JUNK, dtype=object), size=4, replace=False):
+            edited = json.loads(json.dumps(header))
+            target = edited
+            for key in path[:-1]:
+                target = target[key]
+            target[path[-1]] = junk
+            file = tmp_path / "fuzzed.skf"
+            file.write_bytes(build_file(version, edited, payload))
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    load(file)
+                outcomes["loaded"] += 1
+            except ValueError as err:
+                assert "fuzzed.skf" in str(err), (path, junk, err)
+                outcomes["refused"] += 1
+    assert outcomes["refused"] > outcomes["loaded"] > 0, outcomes
