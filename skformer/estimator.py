@@ -362,7 +362,8 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         tags.input_tags.allow_nan = False  # fit and score_samples reject NaN and infinity
         tags.input_tags.sparse = False
         tags.target_tags.required = False  # unsupervised: y is ignored
-        # On the CPU a fixed random_state makes fit reproducible, and score_samples (fixed time
+        # On the CPU a fixed random_state repeats a fit bit for bit with the same torch and
+        # thread count (docs/architecture.md#reproducibility), and score_samples (fixed time
         # grid, fixed Hutchinson probes) is a deterministic function of each row. CUDA kernels
         # (atomic adds in backward passes, batch-size-dependent GEMM algorithms) give no such
         # guarantee, so results there may differ in the last bits.
