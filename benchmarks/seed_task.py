@@ -61,9 +61,11 @@ def machine() -> str:
     return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
-def run(method: str, masks: str, n_sims: int, epochs: int, seed: int) -> dict:
+def run(method: str, masks: str, n_sims: int, epochs: int, seed: int,
+        tokens: str = "column") -> dict:
     X = simulate(n_sims, seed)
     est = SimformerEstimator(method=method, condition_masks=masks, max_epochs=epochs,
+                             tokens=int(tokens) if tokens.isdigit() else tokens,
                              random_state=seed, device="cpu")
     start = time.perf_counter()
     with warnings.catch_warnings():
@@ -83,6 +85,7 @@ def run(method: str, masks: str, n_sims: int, epochs: int, seed: int) -> dict:
     return {
         "method": method,
         "condition_masks": masks,
+        "tokens": len(est.token_columns_),
         "n_simulations": n_sims,
         "max_epochs": epochs,
         "epochs_run": est.n_iter_,
@@ -105,24 +108,28 @@ def main() -> None:
     ap.add_argument("--n-sims", type=int, default=10_000)
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--tokens", nargs="+", default=["column"],
+                    help="column, variable and / or a number of columns per token (one run "
+                         "each)")
     args = ap.parse_args()
     torch.set_num_threads(min(torch.get_num_threads(), 2))
     RESULTS.mkdir(exist_ok=True)
     rows = []
     for method in args.method:
         for masks in args.condition_masks:
-            for seed in args.seeds:
-                row = run(method, masks, args.n_sims, args.epochs, seed)
+            for seed, tokens in ((s, t) for s in args.seeds for t in args.tokens):
+                row = run(method, masks, args.n_sims, args.epochs, seed, tokens)
                 rows.append(row)
                 with open(RESULTS / "seed_task.json", "a") as fh:
                     fh.write(json.dumps(row) + "\n")
                 print(json.dumps(row), flush=True)
     print(f"\nmachine: {rows[0]['machine']}\n")
-    print("| method | masks | seed | epochs | C2ST post | C2ST lik | train s | 10k samples s "
-          "| calls | peak MB |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| method | masks | tokens | seed | epochs | C2ST post | C2ST lik | train s "
+          "| 10k samples s | calls | peak MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['method']} | {r['condition_masks']} | {r['seed']} | {r['epochs_run']} | "
+        print(f"| {r['method']} | {r['condition_masks']} | {r['tokens']} | {r['seed']} | "
+              f"{r['epochs_run']} | "
               f"{r['c2st_posterior']:.3f} | {r['c2st_likelihood']:.3f} | {r['train_s']:.0f} | "
               f"{r['sample_10k_s']:.1f} | {r['network_calls']} | {r['peak_rss_mb']:.0f} |")
 

@@ -4,6 +4,7 @@ from skformer._version import SkformerVersionWarning, __version__
 from skformer.compat import BoxUniform, FlowMatchingSimformer, Simformer
 from skformer.conditional import Conditional
 from skformer.estimator import SimformerEstimator
+from skformer.graph import DAG
 from skformer.io import load, save
 from skformer.layout import Layout
 from skformer.model import SimformerModel, Standardiser
@@ -13,6 +14,7 @@ __all__ = [
     "SimformerEstimator",
     "Conditional",
     "Layout",
+    "DAG",
     "SimformerModel",
     "Standardiser",
     "Simformer",

@@ -48,7 +48,16 @@ def _model(layout, dynamics, architecture, network_state, mean, scale
     except (TypeError, ValueError) as err:
         raise ValueError(f"skformer 0.1 mean_ / scale_ must be float arrays ({err}).") from err
     tensors = {f"network.{k}": v for k, v in network_state.items()}
-    return description, {**tensors, **standardiser}
+    n_columns = standardiser["standardiser.mean"].numel()
+    return description, {**tensors, **standardiser,
+                         "missing_seen": torch.zeros(n_columns, dtype=torch.bool)}
+
+
+def _column_tokens(model: dict[str, Any]) -> list[list[int]]:
+    """skformer 0.1 had one token per column."""
+    network = model.get("network")
+    n = network.get("n_tokens") if isinstance(network, dict) else None
+    return [[c] for c in range(n)] if isinstance(n, int) and 0 < n < 10**6 else []
 
 
 def file_to_description(description: dict[str, Any], tensors: dict[str, torch.Tensor]
@@ -62,6 +71,7 @@ def file_to_description(description: dict[str, Any], tensors: dict[str, torch.Te
     model, model_tensors = _model(
         description.get("layout"), description.get("dynamics"), description.get("network"),
         {k[len("network."):]: v for k, v in tensors.items()}, mean, scale)
+    fitted["token_columns_"] = _column_tokens(model)
     return {"estimator": description.get("estimator"),
             "skformer_version": description.get("skformer_version"),
             "params": _params(description["params"]), "fitted": fitted,
@@ -87,4 +97,5 @@ def pickle_state_to_description(state: dict[str, Any]) -> dict[str, Any]:
     model, tensors = _model(layout, dynamics, network.get("architecture"),
                             network.get("state_dict", {}), mean, scale)
     description["model"] = model
+    state["token_columns_"] = _column_tokens(model)
     return {"description": description, "tensors": tensors}

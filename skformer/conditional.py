@@ -113,10 +113,64 @@ class Conditional:
             )
         if obs.shape[0] == 0:
             raise ValueError("observed holds no observation (0 rows).")
-        if not torch.isfinite(obs).all():
-            raise ValueError("observed holds non-finite values (NaN or inf).")
-        self._check_range(obs, self.observed_columns, "observed")
+        if torch.isinf(obs).any():
+            raise ValueError("observed holds infinite values; NaN marks a value not observed.")
+        self._check_range(obs.nan_to_num(0.0), self.observed_columns, "observed")
         return obs, batched
+
+    def _joint_rows(self, observed: torch.Tensor, latent: torch.Tensor | None = None,
+                    density: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Full-width rows (n, columns) in data units and their column states: (columns,)
+        bool when nothing is NaN, else (n, columns) ``uint8``.
+
+        A NaN in ``observed`` (or in ``latent`` values of a density) means "not there": the
+        entry is marginalised. Where the model learnt that column missing (it was missing in
+        training) the network leaves it out (``MISSING``); otherwise, when sampling, an
+        observed NaN is drawn as a latent entry and not returned. Densities need the first.
+        """
+        from skformer.network import LATENT, MISSING, OBSERVED
+
+        m = self._model
+        n = observed.shape[0] if latent is None else max(observed.shape[0], latent.shape[0])
+        rows = torch.full((n, m.n_columns), float("nan"), dtype=torch.float64, device=m.device)
+        rows[:, torch.as_tensor(self.observed_columns, device=m.device)] = observed
+        given = self._condition.clone()
+        if latent is not None:
+            rows[:, torch.as_tensor(self.latent_columns, device=m.device)] = latent
+            given[torch.as_tensor(self.latent_columns, device=m.device)] = True
+        nan = torch.isnan(rows) & given
+        if not bool(nan.any()):
+            return rows, self._condition
+        learnt = m.missing_seen.expand(n, -1)
+        if density and bool((nan & ~learnt).any()):
+            names = sorted({m.layout.column_names[j] for j in nan.nonzero()[:, 1].tolist()
+                            if not bool(m.missing_seen[j])})
+            raise ValueError(
+                f"NaN (not there) in {names}, but this model never saw those columns missing "
+                "in training, so it cannot leave them out of a density; sample() marginalises "
+                "observed ones by sampling, or fit on data with missing values."
+            )
+        states = torch.where(self._condition, OBSERVED, LATENT).to(torch.uint8).expand(n, -1)
+        states = torch.where(nan & learnt, MISSING, torch.where(nan, LATENT, states))
+        self._check_whole_variables(nan, learnt)
+        return rows, states.to(torch.uint8)
+
+    def _check_whole_variables(self, nan: torch.Tensor, learnt: torch.Tensor) -> None:
+        """An entry the model never saw missing can only be marginalised by sampling it as a
+        latent one, and the model learnt latent variables, not latent parts of variables: a
+        variable must then be NaN in all its columns."""
+        m = self._model
+        drawn = nan & ~learnt
+        for name, g in zip(m.layout.names, m.layout.groups, strict=True):
+            g = list(g)
+            if bool((drawn[:, g].any(1) & ~nan[:, g].all(1)).any()):
+                raise ValueError(
+                    f"observed is NaN in part of the variable {name!r} "
+                    f"({[m.layout.column_names[c] for c in g]}), which this model never saw "
+                    "missing in training: it learnt conditionals of whole variables, so it can "
+                    "leave out only all of them. Fit on data with missing values to "
+                    "marginalise single columns."
+                )
 
     def _check_range(self, values: torch.Tensor, columns: np.ndarray, what: str) -> None:
         """Refuse values so far from the training data that standard units overflow float32."""
@@ -140,9 +194,9 @@ class Conditional:
             )
         if v.shape[0] == 0:
             raise ValueError("values holds no row.")
-        if not torch.isfinite(v).all():
-            raise ValueError("values holds non-finite values (NaN or inf).")
-        self._check_range(v, self.latent_columns, "values")
+        if torch.isinf(v).any():
+            raise ValueError("values holds infinite values; NaN marks a value not there.")
+        self._check_range(v.nan_to_num(0.0), self.latent_columns, "values")
         if n_obs not in (1, v.shape[0]):
             raise ValueError(
                 f"observed has {n_obs} rows but values has {v.shape[0]}: give one observation "
@@ -219,7 +273,8 @@ class Conditional:
             constraints, m.layout.column_names, self.observed_columns, m.standardiser.mean,
             m.standardiser.scale)
         gen = make_generator(seed_from(random_state), m.device)
-        x = m.sample(self._condition, obs, n_samples, edges=self._edges, steps=steps,
+        rows, states = self._joint_rows(obs)
+        x = m.sample(states, rows, n_samples, edges=self._edges, steps=steps,
                      solver=solver, generator=gen, guide=guide)
         out = to_numpy(x[..., self._returned])
         return out if batched else out[0]
@@ -286,7 +341,8 @@ class Conditional:
             gen = make_generator(seed_from(random_state), m.device)
             signs = torch.randint(0, 2, (n_probes, m.n_columns), generator=gen, device=m.device)
             probes = (2.0 * signs - 1.0) * (~self._condition).float()
-        return to_numpy(m.log_prob(self._condition, v, obs, edges=self._edges, steps=steps,
+        rows, states = self._joint_rows(obs, v, density=True)
+        return to_numpy(m.log_prob(states, rows, edges=self._edges, steps=steps,
                                    solver=solver, probes=probes))
 
     # ------------------------------------------------------------------ mode
@@ -330,8 +386,9 @@ class Conditional:
         coarse = self.log_prob(start, observed, steps=8)
         best = start[np.argsort(coarse)[::-1][: min(n_keep, n_init)]]
         m = self._model
-        climbed = to_numpy(m.climb(self._condition, obs[0],
-                                   torch.as_tensor(best, device=m.device), edges=self._edges,
-                                   n_iter=n_iter, learning_rate=learning_rate))
+        rows, states = self._joint_rows(obs, density=True)
+        climbed = to_numpy(m.climb(states, rows, torch.as_tensor(best, device=m.device),
+                                   edges=self._edges, n_iter=n_iter,
+                                   learning_rate=learning_rate))
         final = self.log_prob(climbed, observed)
         return climbed[int(np.argmax(final))]

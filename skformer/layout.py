@@ -35,6 +35,14 @@ def as_bool_array(mask, what: str) -> np.ndarray:
     return arr
 
 
+def _is_names(value) -> bool:
+    """A name, or a non-empty list / tuple of names."""
+    if isinstance(value, str):
+        return True
+    return (isinstance(value, (list, tuple)) and len(value) > 0
+            and all(isinstance(v, str) for v in value))
+
+
 def _eye_like(n: int, array):
     if isinstance(array, torch.Tensor):
         return torch.eye(n, dtype=torch.bool, device=array.device)
@@ -192,19 +200,44 @@ class Layout:
         return out
 
     def variable_indexes(self, idx, what: str) -> list[int]:
-        """Validate a list of variable indexes (e.g. ``posterior_latent``)."""
-        if isinstance(idx, (int, np.integer)):
-            idx = [int(idx)]
+        """Validate a list of variable indexes or names (e.g. ``posterior_latent``)."""
+        if isinstance(idx, (int, np.integer, str)):
+            idx = [idx]
         try:
-            out = [int(i) for i in idx]
+            out = [self._variable_index(i, what) if isinstance(i, str) else int(i) for i in idx]
         except TypeError as err:
-            raise ValueError(f"{what} must be a list of variable indexes; got {idx!r}.") from err
+            raise ValueError(f"{what} must be a list of variable indexes or names; got "
+                             f"{idx!r}.") from err
         bad = [i for i in out if not -self.n_variables <= i < self.n_variables]
         if bad:
             raise ValueError(
                 f"{what} holds indexes {bad} outside the {self.n_variables} variables."
             )
         return [i % self.n_variables for i in out]
+
+    def _variable_index(self, name: str, what: str) -> int:
+        if name not in self.names:
+            raise ValueError(f"{what} names an unknown variable {name!r}; the variables are "
+                             f"{list(self.names)}.")
+        return self.names.index(name)
+
+    def columns_of(self, names, what: str = "condition_mask") -> np.ndarray:
+        """Bool mask (n_columns,) of the columns that variable or column names stand for."""
+        if isinstance(names, str):
+            names = [names]
+        out = np.zeros(self.n_columns, dtype=bool)
+        column_names = self.column_names
+        for name in names:
+            if name in self.names:
+                out[list(self.groups[self.names.index(name)])] = True
+            elif name in column_names:
+                out[column_names.index(name)] = True
+            else:
+                raise ValueError(
+                    f"{what} names {name!r}, which is neither a variable {list(self.names)} "
+                    f"nor a column {column_names}."
+                )
+        return out
 
     # ------------------------------------------------------------------ expansion
     def expand_condition(self, masks):
@@ -239,14 +272,28 @@ class Layout:
             )
         return masks | _eye_like(T, masks)
 
+    def variable_condition(self, masks):
+        """Condition masks at either level (..., V) or (..., T) -> (..., V): a variable is
+        observed when all its columns are."""
+        if masks.shape[-1] == self.n_variables:
+            return masks
+        cols = self.expand_condition(masks)
+        if isinstance(cols, torch.Tensor):
+            return torch.stack([cols[..., list(g)].all(-1) for g in self.groups], -1)
+        return np.stack([cols[..., list(g)].all(-1) for g in self.groups], -1)
+
     # ------------------------------------------------------------------ one user mask
     def condition_columns(self, condition_mask) -> np.ndarray:
         """Validate one condition mask (True = observed) -> column mask of shape (n_columns,).
 
-        Accepts one entry per variable or one per column. Raises ``ValueError`` for any other
-        length, for non-boolean values, and when nothing is left latent.
+        Accepts one entry per variable or one per column, or the names of the observed variables
+        (or columns). Raises ``ValueError`` for any other length, for non-boolean values,
+        unknown names, and when nothing is left latent.
         """
-        arr = as_bool_array(condition_mask, "condition_mask").reshape(-1)
+        if _is_names(condition_mask):
+            arr = self.columns_of(condition_mask)
+        else:
+            arr = as_bool_array(condition_mask, "condition_mask").reshape(-1)
         V, T = self.n_variables, self.n_columns
         if arr.shape[0] not in (V, T):
             expected = f"{V} (one per variable)" + (f" or {T} (one per column)" if T != V else "")

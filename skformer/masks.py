@@ -10,10 +10,15 @@ Named condition-mask generators:
 ``"bernoulli"``
     Each variable observed with probability 0.5; a draw with everything observed gets one
     variable, chosen uniformly, flipped to latent (the seed tutorial's default).
+``"uniform"``
+    Each row observes each variable with its own probability p ~ U(0, 1) (every number of
+    observed variables equally likely), with the same all-observed fix.
 ``"structured"``
     The Simformer paper's per-row mixture, in equal parts: the joint (nothing observed), the
     posterior and the likelihood (from ``posterior_latent`` / ``posterior_observed``), and
-    Bernoulli(0.3) and Bernoulli(0.7) masks, each with the same all-observed fix.
+    Bernoulli(0.3) and Bernoulli(0.7) masks, each with the same all-observed fix. Without a
+    declared posterior split it serves every conditional alike: the joint in one part in five,
+    Bernoulli(0.3) and Bernoulli(0.7) masks in two each.
 
 A user's callable ``condition_masks(rng, n)`` receives a ``numpy.random.Generator`` and returns
 a numpy-compatible bool array of shape (n, n_variables); a callable ``edge_masks(masks)``
@@ -28,11 +33,12 @@ import numpy as np
 import torch
 
 from skformer._utils import make_generator
+from skformer.graph import DAG
 from skformer.layout import Layout, as_bool_array
 
 __all__ = ["CONDITION_MASK_NAMES", "TrainingMasks", "condition_sampler", "edge_sampler"]
 
-CONDITION_MASK_NAMES = ("bernoulli", "structured")
+CONDITION_MASK_NAMES = ("bernoulli", "uniform", "structured")
 
 ConditionSampler = Callable[[int], torch.Tensor]
 """``n -> (n, n_variables)`` or ``(n, n_columns)`` bool tensor on the training device."""
@@ -55,17 +61,31 @@ def _bernoulli(p: float, n_vars: int, gen: torch.Generator) -> ConditionSampler:
     return sample
 
 
-def _structured(n_vars: int, latent: list[int], observed: list[int],
+def _uniform(n_vars: int, gen: torch.Generator) -> ConditionSampler:
+    def sample(n: int) -> torch.Tensor:
+        p = torch.rand(n, 1, generator=gen, device=gen.device)
+        u = torch.rand(n, n_vars, generator=gen, device=gen.device)
+        return fix_all_observed(u < p, gen)
+
+    return sample
+
+
+def _structured(n_vars: int, split: tuple[list[int], list[int]] | None,
                 gen: torch.Generator) -> ConditionSampler:
     fixed = torch.zeros(3, n_vars, dtype=torch.bool, device=gen.device)  # joint
-    fixed[1, observed] = True  # posterior: x observed
-    fixed[2, latent] = True  # likelihood: theta observed
+    if split is not None:
+        latent, observed = split
+        fixed[1, observed] = True  # posterior: x observed
+        fixed[2, latent] = True  # likelihood: theta observed
+    # without a split, parts 1 and 2 are Bernoulli(0.3) and Bernoulli(0.7) masks instead
+    n_fixed = 3 if split is not None else 1
 
     def sample(n: int) -> torch.Tensor:
         kind = torch.randint(5, (n,), generator=gen, device=gen.device)
         u = torch.rand(n, n_vars, generator=gen, device=gen.device)
-        p = torch.where(kind == 3, 0.3, 0.7)[:, None]
-        masks = torch.where((kind < 3)[:, None], fixed[kind.clamp(max=2)], u < p)
+        p = torch.where(kind % 2 == 1, 0.3, 0.7)[:, None]
+        masks = torch.where((kind < n_fixed)[:, None], fixed[kind.clamp(max=n_fixed - 1)],
+                            u < p)
         return fix_all_observed(masks, gen)
 
     return sample
@@ -97,10 +117,12 @@ def _from_user_callable(fn, layout: Layout, rng: np.random.Generator,
     return sample
 
 
-def condition_sampler(spec, layout: Layout, posterior_latent: list[int],
-                      posterior_observed: list[int], seed: int,
-                      device: torch.device | str = "cpu") -> ConditionSampler:
+def condition_sampler(spec, layout: Layout, split: tuple[list[int], list[int]] | None,
+                      seed: int, device: torch.device | str = "cpu") -> ConditionSampler:
     """The training-time condition-mask sampler for the ``condition_masks`` parameter.
+
+    ``split`` is the (latent, observed) variables of the posterior, or None when none is
+    declared (the "structured" masks then serve every conditional alike).
 
     ``spec`` is a name from :data:`CONDITION_MASK_NAMES`, a callable ``(rng, n)`` returning
     bool masks of shape (n, n_variables), a collection of masks (one drawn per row), or one
@@ -112,8 +134,10 @@ def condition_sampler(spec, layout: Layout, posterior_latent: list[int],
         gen = make_generator(seed, device)
         if spec == "bernoulli":
             return _bernoulli(0.5, V, gen)
+        if spec == "uniform":
+            return _uniform(V, gen)
         if spec == "structured":
-            return _structured(V, posterior_latent, posterior_observed, gen)
+            return _structured(V, split, gen)
         raise ValueError(
             f"condition_masks must be one of {CONDITION_MASK_NAMES}, a callable, a collection of "
             f"masks or one mask; got the string {spec!r}."
@@ -140,10 +164,18 @@ def edge_sampler(spec, layout: Layout, seed: int,
 
     Returns None for full attention, else a callable of the condition masks as drawn, giving
     (n, n_columns, n_columns) bool masks on ``device``. ``spec`` is None, one (V, V) or (T, T)
-    matrix, a collection of them (one drawn per row), or a callable of the condition masks.
+    matrix, a collection of them (one drawn per row), a callable of the condition masks, or a
+    :class:`~skformer.graph.DAG` (each row's mask follows its condition mask).
     """
     if spec is None:
         return None
+    if isinstance(spec, DAG):
+        parents = spec.parent_matrix(layout.n_variables, layout.names)
+
+        def from_dag(cond: torch.Tensor) -> torch.Tensor:
+            return layout.expand_edges(spec.masks(parents, layout.variable_condition(cond)))
+
+        return from_dag
     if callable(spec):
 
         def from_callable(cond: torch.Tensor) -> torch.Tensor:
@@ -193,8 +225,9 @@ class TrainingMasks:
     condition_masks, edge_masks
         The estimator's parameters of these names.
     layout : Layout
-    split : (list of int, list of int)
-        Latent and observed variables of the posterior, for the "structured" masks.
+    split : (list of int, list of int) or None
+        Latent and observed variables of the posterior, for the "structured" masks; None when
+        no split is declared.
     seed : int
         Seeds this object's own generators (one stream of the fit's seed tree).
     device : torch.device
@@ -204,10 +237,11 @@ class TrainingMasks:
     """
 
     def __init__(self, condition_masks, edge_masks, layout: Layout,
-                 split: tuple[list[int], list[int]], seed: int, device: torch.device | str):
+                 split: tuple[list[int], list[int]] | None, seed: int,
+                 device: torch.device | str):
         seeds = np.random.SeedSequence(seed).generate_state(2, dtype=np.uint64) >> 1
         self.layout = layout
-        self._condition = condition_sampler(condition_masks, layout, *split, int(seeds[0]),
+        self._condition = condition_sampler(condition_masks, layout, split, int(seeds[0]),
                                             device)
         self._edges = edge_sampler(edge_masks, layout, int(seeds[1]), device)
 

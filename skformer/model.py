@@ -24,7 +24,7 @@ from skformer.dynamics import Dynamics, make_dynamics
 from skformer.dynamics.solvers import Denoiser, log_density, solve, with_divergence
 from skformer.guidance import LinearConstraints, sample_satisfying
 from skformer.layout import Layout
-from skformer.network import MaskedTransformer
+from skformer.network import LATENT, OBSERVED, MaskedTransformer
 
 __all__ = ["Standardiser", "SimformerModel", "MAX_ARCHITECTURE"]
 
@@ -51,16 +51,25 @@ class Standardiser(nn.Module):
 
     @classmethod
     def from_data(cls, X: torch.Tensor) -> Standardiser:
-        """Column means and standard deviations of ``X`` (n_rows, n_columns); a column that is
-        constant (its spread within 1e-12 of its mean's magnitude) keeps scale 1.
+        """Column means and standard deviations of ``X`` (n_rows, n_columns), missing entries
+        (NaN) left out; a column that is constant (its spread within 1e-12 of its mean's
+        magnitude) keeps scale 1.
 
         Each column is divided by its largest magnitude first, so that squares cannot overflow:
         any finite float64 data (1e300 included) gives a finite mean and scale.
         """
         X = X.to(torch.float64)
-        peak = X.abs().amax(0).clamp(min=torch.finfo(torch.float64).tiny)
-        unit = X / peak
-        mean, scale = unit.mean(0) * peak, unit.std(0, correction=0) * peak
+        present = ~torch.isnan(X)
+        if not bool(present.any(0).all()):
+            empty = (~present.any(0)).nonzero().flatten().tolist()
+            raise ValueError(f"columns {empty} hold no value (all missing).")
+        peak = torch.where(present, X.abs(), 0.0).amax(0).clamp(
+            min=torch.finfo(torch.float64).tiny)
+        unit = torch.where(present, X / peak, 0.0)
+        count = present.sum(0)
+        mean = unit.sum(0) / count
+        spread = torch.where(present, unit - mean, 0.0)
+        mean, scale = mean * peak, torch.sqrt((spread**2).sum(0) / count) * peak
         # constant columns (to rounding, relative to their value) keep scale 1; a spread of
         # 1e-39 around 0 is data, not rounding
         scale = torch.where(scale <= 1e-12 * mean.abs(), 1.0, scale)
@@ -108,6 +117,10 @@ class SimformerModel(nn.Module):
         self.standardiser = standardiser
         self.dynamics = dynamics
         self.layout = layout
+        # which columns the model saw missing in training: it can leave only those out
+        self.register_buffer("missing_seen",
+                             torch.zeros(layout.n_columns, dtype=torch.bool,
+                                         device=standardiser.mean.device))
 
     @property
     def device(self) -> torch.device:
@@ -119,113 +132,139 @@ class SimformerModel(nn.Module):
 
     def rows_per_chunk(self) -> int:
         """Rows per network call that keep attention activations to a few hundred MB."""
-        T = self.n_columns
+        T = getattr(self.network, "n_token_slots", self.n_columns)
         return max(64, int(2**22 // (T * max(T, 64))))
 
     # ------------------------------------------------------------------ the denoiser
-    def denoiser(self, condition: torch.Tensor, edges: torch.Tensor | None) -> Denoiser:
-        """``D(x, sigma)`` in standard units for one condition, for batches of any size."""
+    def denoiser(self, states: torch.Tensor, edges: torch.Tensor | None) -> Denoiser:
+        """``D(x, sigma)`` in standard units for column states of shape (columns,) (every row
+        alike) or (rows, columns) (one per row; a batch of k times as many rows is taken as k
+        copies of them)."""
         net, dynamics = self.network, self.dynamics
 
         def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-            return dynamics.denoise(net, x, sigma.expand(x.shape[0]), condition, edges)
+            s = states
+            if s.ndim == 2 and s.shape[0] != x.shape[0]:
+                s = s.repeat(x.shape[0] // s.shape[0], 1)
+            return dynamics.denoise(net, x, sigma.expand(x.shape[0]), s, edges)
 
         return denoise
 
-    def _joint(self, condition, observed_z, latent_z) -> torch.Tensor:
-        """Joint vectors in standard units from observed and latent parts."""
-        x = torch.zeros(observed_z.shape[0], self.n_columns, device=self.device, dtype=DTYPE)
-        x[:, condition] = observed_z
-        x[:, ~condition] = latent_z
-        return x
+    def _states(self, states: torch.Tensor, rows: int) -> torch.Tensor:
+        """Column states as ``uint8`` of shape (rows, columns): a bool condition (True =
+        observed) or states, for every row alike or one per row."""
+        if states.dtype == torch.bool:
+            states = states.to(torch.uint8) * OBSERVED
+        return states.to(self.device).expand(rows, self.n_columns)
+
+    def _standard(self, states: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Values of shape (rows, columns) in data units -> standard units; missing entries
+        (which have no value) and NaN become 0."""
+        z = self.standardiser(values)
+        return torch.where((states == OBSERVED) | (states == LATENT), z, 0.0).nan_to_num(0.0)
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
-    def sample(self, condition: torch.Tensor, observed: torch.Tensor, n: int, *,
+    def sample(self, states: torch.Tensor, values: torch.Tensor, n: int, *,
                edges: torch.Tensor | None = None, steps: int, solver: str,
                generator: torch.Generator, guide: LinearConstraints | None = None
                ) -> torch.Tensor:
-        """``n`` joint samples per observation, observed entries as given.
+        """``n`` joint samples per observation.
 
-        observed : tensor of shape (n_observations, n_observed), data units.
+        states : column states, bool of shape (columns,) (True = observed) or ``uint8`` of
+            shape (n_observations, columns) (:data:`~skformer.network.LATENT`, ``OBSERVED``,
+            ``MISSING``).
+        values : tensor of shape (n_observations, columns), data units: the observed entries
+            are read, the others ignored.
         guide : constraints in standard units (see :mod:`skformer.guidance`), or None.
 
-        Returns a float64 tensor of shape (n_observations, n, n_columns) in data units.
+        Returns a float64 tensor of shape (n_observations, n, columns) in data units; observed
+        entries as given, missing ones 0 in standard units.
         """
-        z = self.standardiser(observed, condition.nonzero().flatten())
+        states = self._states(states, values.shape[0])
+        z = self._standard(states, values)
         if guide is None:
-            x = self._sample_standardised(condition, z, n, edges, steps, solver, generator)
+            x = self._sample_standardised(states, z, n, edges, steps, solver, generator)
         else:
             x = torch.cat([
                 sample_satisfying(
-                    lambda k, row=row: self._sample_standardised(
-                        condition, row[None], k, edges, steps, solver, generator, guide),
+                    lambda k, i=i: self._sample_standardised(
+                        states[i : i + 1], z[i : i + 1], k, edges, steps, solver, generator,
+                        guide),
                     guide, n)
-                for row in z
+                for i in range(z.shape[0])
             ])
         return self.standardiser.inverse(x).view(z.shape[0], n, self.n_columns)
 
-    def _sample_standardised(self, condition, z_obs, n, edges, steps, solver, gen,
+    def _sample_standardised(self, states, z, n, edges, steps, solver, gen,
                              guide: LinearConstraints | None = None) -> torch.Tensor:
-        """(n_observations * n, n_columns) samples in standard units."""
+        """(n_observations * n, columns) samples in standard units."""
         grid = self.dynamics.time_grid(steps, self.device)
-        rows = z_obs.repeat_interleave(n, dim=0)
-        n_latent = int((~condition).sum())
-        denoise = self.denoiser(condition, edges)
-        if guide is not None:
-            denoise = guide.guide(denoise, condition)
+        rows_states = states.repeat_interleave(n, dim=0)
+        rows_z = z.repeat_interleave(n, dim=0)
         out = []
-        for start in range(0, rows.shape[0], self.rows_per_chunk()):
-            r = rows[start : start + self.rows_per_chunk()]
-            noise = self.dynamics.prior_sample((r.shape[0], n_latent), gen)
-            out.append(solve(denoise, self._joint(condition, r, noise), grid, solver, gen,
-                             condition))
+        chunk = self.rows_per_chunk()
+        for start in range(0, rows_z.shape[0], chunk):
+            s, r = rows_states[start : start + chunk], rows_z[start : start + chunk]
+            latent = s == LATENT
+            noise = self.dynamics.prior_sample(r.shape, gen)
+            denoise = self.denoiser(s, edges)
+            if guide is not None:
+                denoise = guide.guide(denoise, ~latent)
+            out.append(solve(denoise, torch.where(latent, noise, r), grid, solver, gen,
+                             ~latent))
         return torch.cat(out)
 
     # ------------------------------------------------------------------ densities
-    def log_prob(self, condition: torch.Tensor, values: torch.Tensor, observed: torch.Tensor,
-                 *, edges: torch.Tensor | None = None, steps: int, solver: str = "dpm",
+    def log_prob(self, states: torch.Tensor, values: torch.Tensor, *,
+                 edges: torch.Tensor | None = None, steps: int, solver: str = "dpm",
                  probes: torch.Tensor | None = None) -> torch.Tensor:
-        """Log density of latent ``values`` given ``observed``, by the probability-flow ODE.
+        """Log density of each row's latent entries given its observed ones, by the
+        probability-flow ODE (missing entries are marginalised: the network leaves them out).
 
-        values : tensor of shape (n, n_latent), data units; observed : (n, n_observed) or
-        (1, n_observed). probes : None for the exact divergence, or Hutchinson probes of shape
-        (n_probes, n_columns) (see :func:`~skformer.dynamics.solvers.with_divergence`).
+        states : as in :meth:`sample`, (columns,) or one row of states per row of values.
+        values : tensor of shape (n, columns), data units, latent and observed entries filled.
+        probes : None for the exact divergence, or Hutchinson probes of shape
+            (n_probes, columns) (see :func:`~skformer.dynamics.solvers.with_divergence`).
 
         Returns a float64 tensor of shape (n,), in the units of ``values``.
         """
-        latent = (~condition).nonzero().flatten()
-        z = self.standardiser(values, latent)
-        o = self.standardiser(observed, condition.nonzero().flatten()).expand(z.shape[0], -1)
+        states = self._states(states, values.shape[0])
+        z = self._standard(states, values)
+        latent_rows = states == LATENT
+        latent = latent_rows.any(0).nonzero().flatten()  # missing entries cancel in the trace
         copies = latent.shape[0] if probes is None else probes.shape[0]
         chunk = max(1, self.rows_per_chunk() // (2 * copies))
-        denoise_div = with_divergence(self.denoiser(condition, edges), latent, probes)
         grid = self.dynamics.time_grid(steps, self.device).flip(0)[1:]  # sigma_min ... start
         out = []
         for i in range(0, z.shape[0], chunk):
+            s, L = states[i : i + chunk], latent_rows[i : i + chunk]
+            denoise_div = with_divergence(self.denoiser(s, edges), latent, probes)
             with torch.no_grad():
-                x_T, integral = log_density(
-                    denoise_div, self._joint(condition, o[i : i + chunk], z[i : i + chunk]),
-                    grid, solver)
-            out.append(self.dynamics.prior_log_prob(x_T[:, latent]) + integral)
-        return torch.cat(out).double() + self.standardiser.log_abs_det(latent)
+                x_T, integral = log_density(denoise_div, z[i : i + chunk], grid, solver)
+            prior = self.dynamics.prior_log_prob(x_T[..., None])  # per entry
+            out.append(torch.where(L, prior, 0.0).sum(-1) + integral)
+        log_det = torch.where(latent_rows, -torch.log(self.standardiser.scale), 0.0).sum(-1)
+        return torch.cat(out).double() + log_det
 
     # ------------------------------------------------------------------ mode
-    def climb(self, condition: torch.Tensor, observed: torch.Tensor, start: torch.Tensor, *,
+    def climb(self, states: torch.Tensor, values: torch.Tensor, start: torch.Tensor, *,
               edges: torch.Tensor | None = None, n_iter: int = 200,
               learning_rate: float = 0.01) -> torch.Tensor:
         """Adam ascent of latent ``start`` values along the learned score.
 
         The score ``(D(x, sigma) - x) / sigma^2`` is taken while sigma anneals from 0.5 to
         0.02 standard units (smoothing that steadies the score without moving the mode of a
-        Gaussian). observed : (n_observed,) data units; start : (n, n_latent) data units.
-        Returns the climbed values, float64, data units.
+        Gaussian). states : one row of column states, as in :meth:`sample`; values : (1,
+        columns) data units, the observed entries read; start : (n, n_latent) data units for
+        the latent columns. Returns the climbed values, float64, data units.
         """
-        latent = (~condition).nonzero().flatten()
+        states = self._states(states, 1)
+        latent = (states[0] == LATENT).nonzero().flatten()
         z = self.standardiser(start, latent).requires_grad_(True)
-        o = self.standardiser(observed[None], condition.nonzero().flatten())
-        x = self._joint(condition, o.expand(z.shape[0], -1), z.detach())
-        denoise = self.denoiser(condition, edges)
+        states = states.expand(z.shape[0], -1)
+        x = self._standard(states, values.expand(z.shape[0], -1)).clone()
+        denoise = self.denoiser(states, edges)
         opt = torch.optim.Adam([z], lr=learning_rate)
         for sigma in np.geomspace(0.5, 0.02, n_iter):
             with torch.no_grad():
@@ -268,10 +307,14 @@ class SimformerModel(nn.Module):
         dynamics = make_dynamics(spec.get("method"), spec["config"])
         arch = description.get("network")
         keys = ("n_tokens", "d_model", "n_layers", "n_heads")
-        if not isinstance(arch, dict) or sorted(arch) != sorted(keys) or not all(
-                type(arch[k]) is int and arch[k] >= 1 for k in keys):
-            raise ValueError(f"the network description needs positive integers {keys}; got "
-                             f"{arch!r}.")
+        if not isinstance(arch, dict) or not set(keys) <= set(arch) <= {*keys, "groups"} \
+                or not all(type(arch[k]) is int and arch[k] >= 1 for k in keys):
+            raise ValueError(f"the network description needs positive integers {keys} (and "
+                             f"optionally groups); got {arch!r}.")
+        groups = arch.get("groups")
+        if groups is not None and not (isinstance(groups, list) and all(
+                isinstance(g, list) and all(type(c) is int for c in g) for g in groups)):
+            raise ValueError(f"network groups must be lists of column indexes; got {groups!r}.")
         too_big = {k: arch[k] for k, v in MAX_ARCHITECTURE.items() if arch[k] > v}
         if too_big:
             raise ValueError(f"the network asks for {too_big}, beyond the limits "

@@ -1,7 +1,10 @@
-"""The masked Transformer: one token per scalar column of the joint vector.
+"""The masked Transformer: one token per scalar column of the joint vector, or per variable.
 
 Each token embeds its (possibly noisy) value, its identity (which column it is) and its condition
 state (observed or latent); a Fourier embedding of the diffusion time is added to every token.
+With ``groups`` a token stands for a group of columns (a variable): it embeds their values and
+observed flags through weights of its own and its head reads one output per column, so the
+rest of skformer still sees columns, and every step costs work for far fewer tokens.
 Pre-LayerNorm blocks attend under a per-sample boolean mask built from the edge mask, and a
 per-token head reads one output per column (Gloeckler et al., "All-in-one simulation-based
 inference", ICML 2024, section 3).
@@ -15,7 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MaskedTransformer"]
+__all__ = ["MaskedTransformer", "LATENT", "OBSERVED", "MISSING"]
+
+LATENT, OBSERVED, MISSING = 0, 1, 2
+"""Column states, as ``uint8`` values of the ``observed`` argument (a bool tensor means only
+latent or observed). A missing column has no value: no other token attends to it (with several
+columns per token, a per-column flag says so), and it carries no loss."""
 
 
 class FourierTime(nn.Module):
@@ -62,36 +70,103 @@ class Block(nn.Module):
 
 
 class MaskedTransformer(nn.Module):
-    """Maps (values, time, condition mask, edge mask) to one output per token.
+    """Maps (values, time, condition mask, edge mask) to one output per column.
 
     Parameters
     ----------
     n_tokens : int
-        Number of scalar columns of the joint vector.
+        Number of scalar columns of the joint vector (the name is historical: with ``groups``
+        there are fewer tokens than columns).
     d_model, n_layers, n_heads : int
         Width, depth and number of attention heads (``d_model % n_heads == 0``).
+    groups : list of lists of int, optional
+        One token per group of columns (e.g. per variable): a token embeds the values and the
+        observed flags of its columns through weights of its own, and its head reads one output
+        per column. None: one token per column, embedding value, column identity and condition
+        state (the Simformer paper's tokens).
     """
 
-    def __init__(self, n_tokens: int, d_model: int = 64, n_layers: int = 4, n_heads: int = 4):
+    def __init__(self, n_tokens: int, d_model: int = 64, n_layers: int = 4, n_heads: int = 4,
+                 groups: list[list[int]] | None = None):
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads}).")
         self.n_tokens, self.d_model = n_tokens, d_model
         self.n_layers, self.n_heads = n_layers, n_heads
-        self.value = nn.Linear(1, d_model)
-        self.token_id = nn.Embedding(n_tokens, d_model)
-        self.condition = nn.Embedding(2, d_model)
+        self.groups = None if groups is None else [[int(c) for c in g] for g in groups]
+        if self.groups is None:
+            self.value = nn.Linear(1, d_model)
+            self.token_id = nn.Embedding(n_tokens, d_model)
+            self.condition = nn.Embedding(2, d_model)
+            self.head = nn.Linear(d_model, 1)
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+        else:
+            flat = sorted(c for g in self.groups for c in g)
+            if flat != list(range(n_tokens)) or not all(self.groups):
+                raise ValueError(f"groups must partition the {n_tokens} columns; got {groups}.")
+            V, width = len(self.groups), max(len(g) for g in self.groups)
+            self._indexes: dict[torch.device, torch.Tensor] = {}
+            # inputs per column: value, observed flag, missing flag
+            bound = 1 / math.sqrt(3 * width)  # nn.Linear's initialisation for 3 * width inputs
+            self.embed_weight = nn.Parameter(torch.empty(V, 3 * width, d_model).uniform_(
+                -bound, bound))
+            self.embed_bias = nn.Parameter(torch.empty(V, d_model).uniform_(-bound, bound))
+            self.head_weight = nn.Parameter(torch.zeros(V, d_model, width))
+            self.head_bias = nn.Parameter(torch.zeros(V, width))
         self.time = FourierTime(d_model)
         self.blocks = nn.ModuleList(Block(d_model, n_heads) for _ in range(n_layers))
         self.norm = nn.LayerNorm(d_model)
-        self.head = nn.Linear(d_model, 1)
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
 
-    def config(self) -> dict[str, int]:
+    def _index(self, device: torch.device) -> torch.Tensor:
+        """(tokens, width) column indexes of each token; column ``n_tokens`` is a zero column
+        that pads short groups. Made once per device (not a buffer: it follows from groups)."""
+        if device not in self._indexes:
+            width = max(len(g) for g in self.groups)
+            index = torch.full((len(self.groups), width), self.n_tokens, dtype=torch.long)
+            for v, g in enumerate(self.groups):
+                index[v, : len(g)] = torch.as_tensor(g)
+            self._indexes[device] = index.to(device)
+        return self._indexes[device]
+
+    @property
+    def n_token_slots(self) -> int:
+        """Tokens the Transformer attends over: columns, or groups."""
+        return self.n_tokens if self.groups is None else len(self.groups)
+
+    def config(self) -> dict:
         """Constructor arguments: ``MaskedTransformer(**net.config())`` builds its twin."""
-        return {"n_tokens": self.n_tokens, "d_model": self.d_model, "n_layers": self.n_layers,
-                "n_heads": self.n_heads}
+        out = {"n_tokens": self.n_tokens, "d_model": self.d_model, "n_layers": self.n_layers,
+               "n_heads": self.n_heads}
+        if self.groups is not None:
+            out["groups"] = [list(g) for g in self.groups]
+        return out
+
+    def _embed(self, x, observed, missing):
+        B, T = x.shape
+        if self.groups is None:
+            ids = torch.arange(T, device=x.device)
+            return (self.value(x[..., None]) + self.token_id(ids)
+                    + self.condition(observed.long().expand(B, T)))
+        pad, index = x.new_zeros(B, 1), self._index(x.device)
+        if missing is not None:  # a missing column has no value to embed
+            x = torch.where(missing, 0.0, x)
+
+        def per_token(columns):
+            return torch.cat([columns.expand(B, T).to(x.dtype), pad], 1)[:, index]
+
+        parts = [per_token(x), per_token(observed),
+                 per_token(missing if missing is not None else x.new_zeros(1, T))]
+        inputs = torch.cat(parts, -1)  # (B, V, 3 * width)
+        return torch.einsum("bvi,vid->bvd", inputs, self.embed_weight) + self.embed_bias
+
+    def _read(self, h):
+        if self.groups is None:
+            return self.head(h).squeeze(-1)
+        out = torch.einsum("bvd,vdw->bvw", h, self.head_weight) + self.head_bias
+        y = out.new_zeros(out.shape[0], self.n_tokens + 1)
+        y[:, self._index(h.device).flatten()] = out.flatten(1)  # padding: the extra column
+        return y[:, : self.n_tokens]
 
     def forward(
         self,
@@ -100,34 +175,45 @@ class MaskedTransformer(nn.Module):
         observed: torch.Tensor,
         edges: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Network output for every token.
+        """Network output for every column.
 
         Parameters
         ----------
-        x : tensor of shape (batch, tokens)
-            Token values (already scaled by the dynamics' preconditioning).
+        x : tensor of shape (batch, columns)
+            Column values (already scaled by the dynamics' preconditioning).
         t : tensor of shape (batch,)
             Noise feature (the dynamics' ``c_noise``, e.g. a scaled log noise level).
-        observed : bool tensor of shape (batch, tokens) or (tokens,)
-            Condition state of each token, True = observed.
-        edges : bool tensor of shape (batch, tokens, tokens) or (tokens, tokens), optional
-            ``edges[..., i, j]`` True lets token i attend to token j. None = full attention.
+        observed : tensor of shape (batch, columns) or (columns,)
+            Condition state of each column: bool (True = observed), or ``uint8`` states
+            (:data:`LATENT`, :data:`OBSERVED`, :data:`MISSING`).
+        edges : bool tensor of shape (batch, columns, columns) or (columns, columns), optional
+            ``edges[..., i, j]`` True lets column i attend to column j (with ``groups``, the
+            first column of each group speaks for its group). None = full attention.
 
         Returns
         -------
-        tensor of shape (batch, tokens)
+        tensor of shape (batch, columns)
         """
-        B, T = x.shape
-        ids = torch.arange(T, device=x.device)
-        h = (
-            self.value(x[..., None])
-            + self.token_id(ids)
-            + self.condition(observed.long().expand(B, T))
-            + self.time(t)[:, None, :]
-        )
+        missing = None
+        if observed.dtype != torch.bool:  # states: missing columns possible
+            missing, observed = observed == MISSING, observed == OBSERVED
+        h = self._embed(x, observed, missing) + self.time(t)[:, None, :]
+        if self.groups is not None:
+            first = self._index(h.device)[:, 0]
+            if edges is not None:
+                edges = edges[..., first[:, None], first[None, :]]
+            if missing is not None:  # a token is missing when all its columns are
+                missing = torch.cat([missing.expand(x.shape[0], -1),
+                                     missing.new_ones(x.shape[0], 1)], 1)[
+                    :, self._index(h.device)].all(-1)
+        if missing is not None:  # no token attends to a missing one (each still to itself)
+            slots = h.shape[1]
+            eye = torch.eye(slots, dtype=torch.bool, device=h.device)
+            seen = (~missing.expand(h.shape[0], slots))[:, None, :] | eye
+            edges = seen if edges is None else (edges & seen) | eye
         attn_mask = None
         if edges is not None:
             attn_mask = edges[:, None] if edges.ndim == 3 else edges
         for block in self.blocks:
             h = block(h, attn_mask)
-        return self.head(self.norm(h)).squeeze(-1)
+        return self._read(self.norm(h))

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from skformer._utils import FitSeeds, make_generator
+from skformer.network import MISSING, OBSERVED
 
 __all__ = ["TrainConfig", "TrainResult", "train"]
 
@@ -95,7 +96,8 @@ def train(
 ) -> tuple[torch.nn.Module, TrainResult]:
     """Fit ``network`` by the dynamics' loss; return the kept (EMA) network and the history.
 
-    x_train, x_val : tensors of shape (n, tokens), standardised, on the network's device.
+    x_train, x_val : tensors of shape (n, tokens), standardised, on the network's device; NaN
+        marks a missing entry (never observed, no loss, and no other token attends to it).
     The returned network is a copy holding the exponential moving average of the weights at the
     epoch with the lowest validation loss; without a validation set, at the last epoch.
 
@@ -109,6 +111,8 @@ def train(
     during the first epoch it propagates.
     """
     device = x_train.device
+    missing = _missing(x_train)
+    x_train = x_train.nan_to_num(0.0)
     shuffle_gen = make_generator(seeds.shuffle, device)
     noise_gen = make_generator(seeds.noise, device)
     ema = copy.deepcopy(network).requires_grad_(False)
@@ -140,8 +144,11 @@ def train(
             perm = torch.randperm(n, generator=shuffle_gen, device=device)
             running = torch.zeros((), device=device)
             for b in range(steps_per_epoch):
-                x0 = x_train[perm[b * bs : (b + 1) * bs]]
+                rows = perm[b * bs : (b + 1) * bs]
+                x0 = x_train[rows]
                 observed, edges = masks(x0.shape[0])
+                if missing is not None:
+                    observed = _states(observed, missing[rows])
                 sigma = dynamics.training_sigmas(x0.shape[0], noise_gen)
                 eps = torch.randn(x0.shape, generator=noise_gen, device=device)
                 loss = dynamics.loss(network, x0, observed, edges, sigma, eps).mean()
@@ -218,11 +225,26 @@ def _divergence(result: TrainResult, score: float, first_loss: float,
     return None
 
 
+def _missing(x: torch.Tensor) -> torch.Tensor | None:
+    """Where ``x`` is NaN, or None when nothing is missing."""
+    missing = torch.isnan(x)
+    return missing if bool(missing.any()) else None
+
+
+def _states(observed: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
+    """bool observed masks and missing entries -> the network's uint8 column states."""
+    return torch.where(missing, MISSING, observed.to(torch.uint8) * OBSERVED).to(torch.uint8)
+
+
 def _validation_set(dynamics, x_val, masks: Masks, rows: int, gen: torch.Generator):
     """The validation rows, repeated to at least ``rows``, with fixed masks, noise levels and
     noise, so that every epoch is scored on the same draws."""
     x_val = x_val.repeat(max(1, -(-rows // x_val.shape[0])), 1)
+    missing = _missing(x_val)
+    x_val = x_val.nan_to_num(0.0)
     observed, edges = masks(x_val.shape[0])
+    if missing is not None:
+        observed = _states(observed, missing)
     sigma = dynamics.training_sigmas(x_val.shape[0], gen)
     eps = torch.randn(x_val.shape, generator=gen, device=x_val.device)
     return x_val, observed, edges, sigma, eps

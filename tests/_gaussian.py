@@ -66,17 +66,20 @@ class OracleNetwork(torch.nn.Module):
         return t / (1 - t)
 
     def forward(self, x_in, c_noise, observed, edges=None):
+        """observed: bool (True = observed) or uint8 states (0 latent, 1 observed, 2 missing:
+        left out, so the latent entries get the exact marginal conditional)."""
         self.calls += 1
         B, T = x_in.shape
         x_in, c_noise = x_in.double(), c_noise.double()
         sigma = self.sigma_of(c_noise)
         c_skip, c_out, c_in, _ = self.dynamics.preconditioning(sigma)
-        observed = observed.expand(B, T)
-        x = torch.where(observed, x_in, x_in / c_in[:, None])
+        states = observed.to(torch.uint8).expand(B, T)
+        latent_mask = states == 0
+        x = torch.where(latent_mask, x_in / c_in[:, None], x_in)
         out = torch.zeros(B, T, dtype=torch.float64, device=x_in.device)
-        for pattern in torch.unique(observed, dim=0):
-            rows = (observed == pattern).all(1)
-            lat, obs = (~pattern).nonzero().flatten(), pattern.nonzero().flatten()
+        for pattern in torch.unique(states, dim=0):
+            rows = (states == pattern).all(1)
+            lat, obs = (pattern == 0).nonzero().flatten(), (pattern == 1).nonzero().flatten()
             mu_c, cov_c = self._conditional(lat, obs, x[rows][:, obs])
             s2 = sigma[rows] ** 2
             eye = torch.eye(len(lat), dtype=torch.float64, device=x.device)

@@ -142,7 +142,8 @@ def test_impossible_constraint_is_reported(fitted):
     "kw, match",
     [
         (dict(values=np.ones((3, 2))), r"shape \(n, 3\)"),
-        (dict(values=np.array([[np.nan, 0, 0]])), "non-finite"),
+        (dict(values=np.array([[np.inf, 0, 0]])), "infinite"),
+        (dict(values=np.array([[np.nan, 0, 0]])), "never saw those columns missing"),
         (dict(values=np.zeros((2, 3)), observed=np.ones((3, 3))), "one per row"),
         (dict(values=np.zeros((2, 3)), divergence="magic"), "divergence"),
         (dict(values=np.zeros((2, 3)), steps=1), "steps >= 2"),

@@ -242,7 +242,7 @@ def test_verbose_progress_bar(capsys):
         (np.ones(10), "2D array"),
         (np.ones((0, 3)), "0 sample"),
         (np.ones((1, 3)), "at least 2 samples"),
-        (np.array([[0.0, 1.0], [np.nan, 2.0], [1.0, 1.0]]), "NaN"),
+        (np.array([[0.0, np.nan], [np.nan, np.nan], [1.0, np.nan]]), "hold no value"),
         (np.array([[0.0, 1.0], [np.inf, 2.0], [1.0, 1.0]]), "infinity"),
     ],
 )
@@ -303,7 +303,8 @@ def test_bad_condition(tiny_fitted, mask, edge, match):
     [
         (np.ones(2), r"shape \(3,\)"),
         (np.ones((2, 4)), r"\(n_observations, 3\)"),
-        (np.array([1.0, np.nan, 1.0]), "non-finite"),
+        (np.array([1.0, np.inf, 1.0]), "infinite"),
+        (np.array([1.0, np.nan, 1.0]), "NaN in part of the variable"),
         (None, "required"),
     ],
 )

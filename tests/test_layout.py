@@ -165,7 +165,7 @@ def test_condition_columns_non_contiguous(interleaved):
         ([False] * 6, r"got length 6"),
         ([0, 2], r"must hold booleans \(or 0 / 1\)"),
         ([0.5, 0.0], r"must hold booleans"),
-        (["yes", "no"], r"must hold booleans"),
+        (["yes", "no"], r"names 'yes', which is neither a variable"),
         ([[True], [False, True]], r"must be an array of booleans"),
         ([None, True], r"must be an array of booleans"),
         ([True, True], r"at least one must be latent"),
@@ -356,8 +356,8 @@ def test_variable_indexes(idx, expected):
         ([3], r"posterior_latent holds indexes \[3\] outside the 3 variables"),
         ([0, -4, 5], r"indexes \[-4, 5\] outside the 3 variables"),
         (7, r"indexes \[7\]"),
-        (1.5, r"posterior_latent must be a list of variable indexes; got 1\.5"),
-        (None, r"must be a list of variable indexes; got None"),
+        (1.5, r"posterior_latent must be a list of variable indexes or names; got 1\.5"),
+        (None, r"must be a list of variable indexes or names; got None"),
         ([[0, 1]], r"must be a list of variable indexes"),
     ],
 )
@@ -393,3 +393,14 @@ def test_dict_round_trip(n_columns, variables, names):
 def test_from_dict_checks_its_input(d):
     with pytest.raises(ValueError):
         Layout.from_dict(d)
+
+
+
+def test_names_address_variables_and_columns(blocks):
+    assert blocks.variable_indexes(["x", 0], "posterior_latent") == [1, 0]
+    np.testing.assert_array_equal(blocks.condition_columns(["x"]),
+                                  [False, False, True, True, True])
+    np.testing.assert_array_equal(blocks.condition_columns("theta[1]"),
+                                  [False, True, False, False, False])
+    with pytest.raises(ValueError, match="at least one must be latent"):
+        blocks.condition_columns(["theta", "x"])

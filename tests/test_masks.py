@@ -31,8 +31,10 @@ def _gen(seed: int = 0) -> torch.Generator:
 
 
 def draw(spec, layout: Layout, n: int, seed: int = 0, latent=(0,), observed=(1, 2)):
-    """``n`` condition masks from a sampler built for ``spec`` with ``seed``."""
-    return condition_sampler(spec, layout, list(latent), list(observed), seed)(n)
+    """``n`` condition masks from a sampler built for ``spec`` with ``seed`` (no split when
+    ``latent`` is None)."""
+    split = None if latent is None else (list(latent), list(observed))
+    return condition_sampler(spec, layout, split, seed)(n)
 
 
 @pytest.fixture
@@ -49,7 +51,7 @@ def _rows_as_tuples(masks: torch.Tensor) -> list[tuple[bool, ...]]:
 
 
 def test_condition_mask_names():
-    assert set(CONDITION_MASK_NAMES) == {"bernoulli", "structured"}
+    assert set(CONDITION_MASK_NAMES) == {"bernoulli", "uniform", "structured"}
 
 
 @pytest.mark.parametrize("name", CONDITION_MASK_NAMES)
@@ -65,7 +67,7 @@ def test_named_sampler_shape_and_dtype(layout, name, n):
 
 @pytest.mark.parametrize("name", CONDITION_MASK_NAMES)
 def test_named_sampler_draws_on_the_device(layout, name, device):
-    masks = condition_sampler(name, layout, [0], [1, 2], 0, device)(64)
+    masks = condition_sampler(name, layout, ([0], [1, 2]), 0, device)(64)
     assert masks.device == device and masks.shape == (64, 3)
 
 
@@ -276,7 +278,7 @@ def test_fixed_mask(layout, spec):
         ([[True, False, False], [True, False]], r"all masks in the collection need one shape"),
         (np.zeros((2, 2, 3), dtype=bool), r"shape \(3,\) or \(n_masks, 3\)"),
         ([[0, 2, 0]], r"must hold booleans"),
-        ("uniform", r"must be one of \('bernoulli', 'structured'\).*'uniform'"),
+        ("gaussian", r"must be one of \('bernoulli', 'uniform', 'structured'\).*'gaussian'"),
         ("Bernoulli", r"got the string 'Bernoulli'"),
         ("", r"got the string ''"),
         (None, r"must be an array of booleans"),
@@ -285,7 +287,7 @@ def test_fixed_mask(layout, spec):
 )
 def test_condition_sampler_invalid(layout, spec, match):
     with pytest.raises(ValueError, match=match):
-        condition_sampler(spec, layout, [0], [1, 2], 0)
+        condition_sampler(spec, layout, ([0], [1, 2]), 0)
 
 
 # ---------------------------------------------------------------------------- callables
@@ -336,7 +338,7 @@ def test_callable_outputs_are_normalised(layout, ret):
     ],
 )
 def test_callable_bad_output(layout, ret, match):
-    sample = condition_sampler(lambda g, n: ret(n), layout, [0], [1, 2], 0)
+    sample = condition_sampler(lambda g, n: ret(n), layout, ([0], [1, 2]), 0)
     with pytest.raises(ValueError, match=match):
         sample(6)
 
@@ -480,3 +482,26 @@ def test_training_masks_expand_and_pair_condition_with_edges(layout):
             e[b].numpy(), layout.edge_columns(np.broadcast_to(vv, (3, 3))))
     again = TrainingMasks("bernoulli", edges, layout, ([0], [1, 2]), seed=3, device="cpu")(50)
     assert torch.equal(again[0], observed) and torch.equal(again[1], e)
+
+
+def test_uniform_masks_make_every_count_of_observed_variables_alike():
+    """p ~ U(0, 1) per row: the number k of observed variables among V is uniform on 0..V
+    before the all-observed fix, which moves the k = V mass to k = V - 1: 1/(V+1) each, and
+    2/(V+1) at V - 1. SE ~ 0.003; tolerance 0.015."""
+    V = 4
+    counts = np.bincount(draw("uniform", Layout.from_spec(V), N_DRAWS, 17).sum(1).numpy(),
+                         minlength=V + 1) / N_DRAWS
+    expected = np.full(V + 1, 1 / (V + 1))
+    expected[V - 1], expected[V] = 2 / (V + 1), 0
+    np.testing.assert_allclose(counts, expected, atol=0.015)
+
+
+def test_structured_without_a_split_serves_every_conditional():
+    """No posterior split: the joint in 1/5 of rows, Bernoulli(0.3) and (0.7) in 2/5 each.
+    Observed rate 2/5 * (0.3 + 0.7) less the all-observed fix; SE < 0.003, tolerance 0.01."""
+    V = 6
+    masks = draw("structured", Layout.from_spec(V), N_DRAWS, 18, latent=None, observed=None)
+    joint = (~masks).all(1).float().mean().item()
+    assert abs(joint - (0.2 + 0.4 * 0.7**V + 0.4 * 0.3**V)) < 0.01
+    rate = 0.4 * sum(p - p**V / V for p in (0.3, 0.7))
+    assert abs(masks.float().mean().item() - rate) < 0.01

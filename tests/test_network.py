@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
@@ -315,3 +316,73 @@ def test_runs_on_device(device, edges_kind):
     out.pow(2).sum().backward()
     assert all(p.grad is not None and p.grad.device.type == device.type
                for p in moved.parameters())
+
+
+# ---------------------------------------------------------------------------- one token per group
+GROUPS = [[0, 2], [1], [3, 4, 5]]  # unequal, non-contiguous
+
+
+def _grouped(n_layers=2, seed=0):
+    torch.manual_seed(seed)
+    net = MaskedTransformer(6, d_model=16, n_layers=n_layers, n_heads=2, groups=GROUPS)
+    for p in (net.head_weight, net.head_bias):  # zero-initialised heads say nothing
+        torch.nn.init.normal_(p)
+    return net
+
+
+def test_grouped_tokens_read_and_write_columns_in_place():
+    net = _grouped()
+    assert net.n_token_slots == 3
+    x, obs = torch.randn(5, 6), torch.zeros(5, 6, dtype=torch.bool)
+    t = torch.zeros(5)
+    out = net(x, t, obs)
+    assert out.shape == (5, 6)
+    # a column's output comes from its own group's head: permuting the columns of another group
+    # changes nothing for a network that cannot see that group
+    blind = torch.eye(6, dtype=torch.bool)
+    for g in GROUPS:
+        blind[np.ix_(g, g)] = True
+    x2 = x.clone()
+    x2[:, [3, 4, 5]] = torch.randn(5, 3)
+    a, b = net(x, t, obs, blind), net(x2, t, obs, blind)
+    torch.testing.assert_close(a[:, [0, 1, 2]], b[:, [0, 1, 2]])
+    assert not torch.allclose(a[:, [3, 4, 5]], b[:, [3, 4, 5]])
+    # with full attention, group {3, 4, 5} informs the others
+    assert not torch.allclose(net(x, t, obs)[:, [0, 2]], net(x2, t, obs)[:, [0, 2]])
+
+
+def test_grouped_tokens_see_observed_flags_per_column():
+    net = _grouped()
+    x, t = torch.randn(4, 6), torch.zeros(4)
+    none = torch.zeros(4, 6, dtype=torch.bool)
+    one = none.clone()
+    one[:, 2] = True  # the second column of group 0 only
+    assert not torch.allclose(net(x, t, none), net(x, t, one))
+
+
+def test_grouped_heads_start_at_zero_and_gradients_reach_every_parameter():
+    torch.manual_seed(0)
+    net = MaskedTransformer(6, d_model=16, n_layers=2, n_heads=2, groups=GROUPS)
+    x, t, obs = torch.randn(4, 6), torch.randn(4), torch.rand(4, 6) < 0.5
+    assert torch.equal(net(x, t, obs), torch.zeros(4, 6))
+    torch.nn.init.normal_(net.head_weight)
+    (net(x, t, obs) ** 2).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+
+
+def test_grouped_config_round_trip_and_bad_groups():
+    net = _grouped()
+    twin = MaskedTransformer(**net.config())
+    assert twin.config() == net.config() and twin.groups == GROUPS
+    assert {k: v.shape for k, v in twin.state_dict().items()} == {
+        k: v.shape for k, v in net.state_dict().items()}
+    for bad in ([[0, 1], [1, 2, 3, 4, 5]], [[0, 1, 2], [], [3, 4, 5]], [[0, 1], [2, 3]]):
+        with pytest.raises(ValueError, match="partition"):
+            MaskedTransformer(6, 16, 1, 2, groups=bad)
+
+
+def test_grouped_runs_on_device(device):
+    net = _grouped().to(device)
+    out = net(torch.randn(3, 6, device=device), torch.zeros(3, device=device),
+              torch.zeros(6, dtype=torch.bool, device=device))
+    assert out.device == device and out.shape == (3, 6)

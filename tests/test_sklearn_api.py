@@ -71,7 +71,7 @@ def test_tags_tell_the_truth():
     tags = get_tags(tiny())
     assert tags.estimator_type == "density_estimator"
     assert tags.requires_fit
-    assert not tags.input_tags.allow_nan
+    assert tags.input_tags.allow_nan  # NaN = missing (tests/test_missing.py)
     assert not tags.input_tags.sparse
     assert tags.input_tags.two_d_array
     assert not tags.target_tags.required

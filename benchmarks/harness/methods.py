@@ -35,6 +35,16 @@ class Settings:
     device: str = "cpu"
     quick: bool = False
     max_epochs: int | None = None  # overrides every method's maximum number of epochs
+    #: extra SimformerEstimator parameters (``--skformer key=value``)
+    skformer: dict | None = None
+    #: "task": the task's own variables; "theta-x": theta and x as two variables
+    variables: str = "task"
+    #: share of the training entries set missing (NaN) at random, for skformer
+    missing: float = 0.0
+    #: the task's DAG as skformer's edge_masks, with this inversion ("faithful" / "moral")
+    dag: str | None = None
+    #: declare the posterior split to skformer (False: its masks serve every conditional)
+    split: bool = True
 
 
 @dataclass
@@ -68,22 +78,59 @@ class Runner:
 
 
 # --------------------------------------------------------------------------- skformer
-def fit_skformer(task: Task, theta, x, seed: int, **kwargs):
+def skformer_layout(task: Task, variables: str = "task", split: bool = True) -> dict:
+    """The ``variables`` / ``posterior_latent`` / ``posterior_observed`` a task is fitted with:
+    its own ("task"), or theta and x as two variables ("theta-x", for posterior-only tasks);
+    without ``split``, no posterior split is declared."""
+    if variables == "theta-x" and "conditionals" not in task.targets:
+        out = dict(variables=[task.dim_theta, task.dim_x], posterior_latent=[0],
+                   posterior_observed=[1])
+    else:
+        out = dict(variables=task.variables, posterior_latent=task.latent,
+                   posterior_observed=task.observed)
+    if not split:
+        out.update(posterior_latent=None, posterior_observed=None)
+    return out
+
+
+def with_missing(X: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """X with ``fraction`` of its entries set to NaN, at random (MCAR), seeded."""
+    if not fraction:
+        return X
+    rng = np.random.default_rng([seed, 7919])
+    X = np.array(X, dtype=np.float64, copy=True)
+    flat = X.reshape(len(X), -1)
+    flat[rng.random(flat.shape) < fraction] = np.nan
+    return flat.reshape(X.shape)
+
+
+def fit_skformer(task: Task, theta, x, seed: int, variables: str = "task",
+                 missing: float = 0.0, dag: str | None = None, split: bool = True, **kwargs):
     """Fit a SimformerEstimator on a task's simulations (its defaults unless ``kwargs`` say
-    otherwise); return (estimator, training seconds). Running out of epochs is not an error
-    here: the ``epochs`` column records it."""
+    otherwise); return (estimator, training seconds). ``missing`` sets that share of the
+    training entries to NaN; ``dag`` gives the task's DAG as ``edge_masks``. Running out of
+    epochs is not an error here: the ``epochs`` column records it."""
     from sklearn.exceptions import ConvergenceWarning
 
     from skformer import SimformerEstimator
+    from skformer.graph import DAG
 
-    est = SimformerEstimator(variables=task.variables, posterior_latent=task.latent,
-                             posterior_observed=task.observed, random_state=seed, **kwargs)
-    X = task.joint(theta, x)
+    if dag is not None:
+        if not hasattr(task, "PARENTS"):
+            raise ValueError(f"task {task.name} declares no DAG.")
+        kwargs["edge_masks"] = DAG(task.PARENTS, inversion=dag)
+    est = SimformerEstimator(**skformer_layout(task, variables, split), random_state=seed,
+                             **kwargs)
+    X = with_missing(task.joint(theta, x), missing, seed)
+    evaluate = skformer_layout(task, variables)  # the posterior scored, split or not in fit
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         est.fit(X)
-    return est, time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    est.set_params(posterior_latent=evaluate["posterior_latent"],
+                   posterior_observed=evaluate["posterior_observed"])  # inference only
+    return est, elapsed
 
 
 class SkformerRunner(Runner):
@@ -97,7 +144,10 @@ class SkformerRunner(Runner):
         kwargs = dict(QUICK_SKFORMER) if settings.quick else {}
         if settings.max_epochs is not None:
             kwargs["max_epochs"] = settings.max_epochs
-        est, train_s = fit_skformer(task, theta, x, seed, method=self.method,
+        kwargs.update(settings.skformer or {})
+        est, train_s = fit_skformer(task, theta, x, seed, variables=settings.variables,
+                                    missing=settings.missing, dag=settings.dag,
+                                    split=settings.split, method=self.method,
                                     device=settings.device, **kwargs)
         return Trained(est, train_s, est.n_iter_)
 
@@ -167,6 +217,8 @@ class SbiRunner(Runner):
 
     def fit(self, task, theta, x, settings, seed):
         self.check()
+        if settings.missing:
+            raise MissingDependency(f"{self.name} cannot fit simulations with missing values")
         from sbi.inference import FMPE, NPE, NPSE
 
         torch.manual_seed(seed)

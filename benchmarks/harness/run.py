@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import resource
 import shlex
 import sys
@@ -119,9 +120,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="simulation budgets; default 1000 10000 (1e5 accepted), quick: 500")
     ap.add_argument("--observations", nargs="+", default=None,
                     help="observation numbers or ranges; default 1-10, quick: 1 "
-                         "(gaussian_dag uses 1..--dag-masks)")
+                         "(gaussian_dag and gaussian_tree use 1..--dag-masks)")
     ap.add_argument("--dag-masks", type=int, default=None,
-                    help="gaussian_dag: number of random condition masks (its observations); "
+                    help="gaussian_dag, gaussian_tree: number of random condition masks (their "
+                         "observations); "
                          "default 20, quick: 2")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--samples", type=int, default=None,
@@ -135,6 +137,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--log-prob-n", type=int, default=1000)
     ap.add_argument("--max-epochs", type=int, default=None,
                     help="cap every method's epochs (skformer max_epochs, sbi max_num_epochs)")
+    ap.add_argument("--skformer", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="extra SimformerEstimator parameters for the skformer methods "
+                         "(values read as JSON when they parse, e.g. tokens=variable "
+                         "dynamics_options='{\"p_mean\": -1}'); recorded in the config column")
+    ap.add_argument("--variables", choices=["task", "theta-x"], default="task",
+                    help="skformer's variables: each task's own, or theta and x as two "
+                         "variables on the posterior-only tasks; recorded in the config column")
+    ap.add_argument("--missing", type=float, default=0.0,
+                    help="set this share of the training entries missing (NaN) at random; "
+                         "skformer methods only (recorded in the config column)")
+    ap.add_argument("--dag", choices=["faithful", "moral"], default=None,
+                    help="give skformer the task's DAG as edge_masks (gaussian_dag, "
+                         "gaussian_tree)")
+    ap.add_argument("--no-split", action="store_true",
+                    help="declare no posterior split to skformer (its default masks then serve "
+                         "every conditional alike)")
     ap.add_argument("--device", default=None,
                     help="torch device for every method; default cuda when present, else cpu")
     ap.add_argument("--threads", type=int, default=None,
@@ -180,15 +198,38 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _observations(task_name: str, args) -> list[int]:
-    if task_name == "gaussian_dag":  # observation k = random condition mask k
+    if "conditionals" in get_task(task_name).targets:  # observation k = random mask k
         return list(range(1, args.dag_masks + 1))
     return args.observations
+
+
+def _skformer_params(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--skformer takes KEY=VALUE pairs; got {pair!r}.")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def _config(args) -> str:
     config = "quick" if args.quick else "default"
     if args.max_epochs is not None:
         config += f"+max_epochs={args.max_epochs}"
+    if getattr(args, "variables", "task") != "task":
+        config += f"+variables={args.variables}"
+    if getattr(args, "missing", 0.0):
+        config += f"+missing={args.missing:g}"
+    if getattr(args, "dag", None):
+        config += f"+dag={args.dag}"
+    if getattr(args, "no_split", False):
+        config += "+split=none"
+    for pair in getattr(args, "skformer", []):
+        config += f"+{pair}"
     if args.samples != (QUICK["samples"] if args.quick else 10_000):
         config += f"+samples={args.samples}"
     return config
@@ -308,7 +349,9 @@ def _run(args: argparse.Namespace) -> Path:
     results = ResultsCSV(args.out)
     done = results.done(args.retry_failed)
     config = _config(args)
-    settings = Settings(device=args.device, quick=args.quick, max_epochs=args.max_epochs)
+    settings = Settings(device=args.device, quick=args.quick, max_epochs=args.max_epochs,
+                        skformer=_skformer_params(args.skformer), variables=args.variables,
+                        missing=args.missing, dag=args.dag, split=not args.no_split)
     where = machine()
     stamp = lambda: datetime.now(timezone.utc).isoformat(timespec="seconds")  # noqa: E731
 

@@ -490,6 +490,19 @@ class GaussianDAG(Task):
         return mask, self._joint_o(k)[mask]
 
 
+class GaussianTree(GaussianDAG):
+    """Linear-Gaussian binary tree over 24 scalar variables: variable i > 0 has the one parent
+    (i - 1) // 2. The 8 upper variables (the root and its first three generations) are theta,
+    the 16 below them x: inference from the leaves up through the tree, where the structure
+    (each variable depends on one other) should matter. Weights, biases and noise scales are
+    drawn once from a fixed seed, as for gaussian_dag."""
+
+    name = "gaussian_tree"
+    dim_theta = 8
+    dim_x = 16
+    PARENTS = {i: ([] if i == 0 else [(i - 1) // 2]) for i in range(24)}
+
+
 TASKS: dict[str, type[Task]] = {
     "seed": SeedTask,
     "gaussian_linear": GaussianLinear,
@@ -498,6 +511,7 @@ TASKS: dict[str, type[Task]] = {
     "slcp": SLCP,
     "bernoulli_glm": BernoulliGLM,
     "gaussian_dag": GaussianDAG,
+    "gaussian_tree": GaussianTree,
 }
 
 

@@ -26,6 +26,11 @@ import torch
 __all__ = ["Dynamics", "masked_mean"]
 
 
+def _fixed(observed: torch.Tensor) -> torch.Tensor:
+    """Entries that are not latent: observed ones (bool True, or state 1) and missing ones."""
+    return observed if observed.dtype == torch.bool else observed != 0
+
+
 def masked_mean(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """Per-row mean of ``values`` over the entries where ``keep`` is True.
 
@@ -106,28 +111,33 @@ class Dynamics(abc.ABC):
 
     def denoise(self, net, x: torch.Tensor, sigma: torch.Tensor, observed: torch.Tensor,
                 edges: torch.Tensor | None) -> torch.Tensor:
-        """D(x; sigma) on latent entries; observed entries pass through unchanged.
+        """D(x; sigma) on latent entries; observed (and missing) entries pass through.
 
-        x : (batch, tokens); sigma : (batch,) positive; observed : bool, (batch, tokens) or
-        (tokens,); edges : bool attention mask or None (see the network).
+        x : (batch, tokens); sigma : (batch,) positive; observed : (batch, tokens) or
+        (tokens,), bool or the network's uint8 column states; edges : bool attention mask or
+        None (see the network).
         """
+        fixed = _fixed(observed)
         c_skip, c_out, c_in, c_noise = self.preconditioning(sigma)
-        x_in = torch.where(observed, x, x * c_in[:, None])
+        x_in = torch.where(fixed, x, x * c_in[:, None])
         out = net(x_in, c_noise, observed, edges)
-        return torch.where(observed, x, c_skip[:, None] * x + c_out[:, None] * out)
+        return torch.where(fixed, x, c_skip[:, None] * x + c_out[:, None] * out)
 
     def loss(self, net, x0: torch.Tensor, observed: torch.Tensor, edges: torch.Tensor | None,
              sigma: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """Per-row mean squared error of ``F`` against :meth:`target` over latent entries.
+        """Per-row mean squared error of ``F`` against :meth:`target` over latent entries
+        (observed and missing entries carry none).
 
-        x0, eps : (batch, tokens), standardised data and unit noise; sigma : (batch,).
+        x0, eps : (batch, tokens), standardised data (0 where missing) and unit noise;
+        sigma : (batch,).
         Returns a tensor of shape (batch,).
         """
+        fixed = _fixed(observed)
         _, _, c_in, c_noise = self.preconditioning(sigma)
         x = x0 + sigma[:, None] * eps
-        x_in = torch.where(observed, x0, x * c_in[:, None])
+        x_in = torch.where(fixed, x0, x * c_in[:, None])
         out = net(x_in, c_noise, observed, edges)
-        return masked_mean((out - self.target(x0, eps, sigma)) ** 2, ~observed)
+        return masked_mean((out - self.target(x0, eps, sigma)) ** 2, ~fixed)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())

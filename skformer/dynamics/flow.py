@@ -1,8 +1,10 @@
 """Flow matching on the straight path between data and noise.
 
 Conditional flow matching (Lipman et al., ICLR 2023; Liu et al., ICLR 2023) with the path
-``x_t = (1 - t) x0 + t eps``, ``t ~ U(0, 1)``: the network regresses the velocity
-``v = eps - x0`` on latent entries, seeing ``x_t`` scaled to unit variance.
+``x_t = (1 - t) x0 + t eps``: the network regresses the velocity ``v = eps - x0`` on latent
+entries, seeing ``x_t`` scaled to unit variance. Training times are uniform, or logit-normal
+(Esser et al. 2024): ``logit(t) ~ N(p_mean, p_std^2)``, which is exactly the score method's
+log-normal noise levels, since ``logit(t) = log(sigma)``.
 
 In variance-exploding form the path is ``x = x_t / (1 - t) = x0 + sigma eps`` with
 ``sigma = t / (1 - t)``, and the velocity gives the denoiser ``D = x_t - t v``; in the paper
@@ -17,6 +19,8 @@ velocity field defines.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from skformer.dynamics.base import Dynamics
@@ -25,15 +29,35 @@ __all__ = ["FlowDynamics"]
 
 
 class FlowDynamics(Dynamics):
-    """Flow matching with uniform training times.
+    """Flow matching with uniform or logit-normal training times.
 
     Parameters
     ----------
     sigma_min, sigma_max : float
         Ends of the sampling grid in VE form (``t = sigma / (1 + sigma)``).
+    time_sampling : {"uniform", "logit-normal"}
+        How training times are drawn.
+    p_mean, p_std : float
+        ``logit(t) ~ N(p_mean, p_std^2)`` for "logit-normal".
     """
 
     name = "flow"
+
+    def __init__(self, sigma_min: float = 1e-3, sigma_max: float = 40.0,
+                 time_sampling: str = "uniform", p_mean: float = -1.2, p_std: float = 1.4):
+        super().__init__(sigma_min, sigma_max)
+        if time_sampling not in ("uniform", "logit-normal"):
+            raise ValueError(f"time_sampling must be 'uniform' or 'logit-normal'; got "
+                             f"{time_sampling!r}.")
+        if not (math.isfinite(p_mean) and 0 < p_std < math.inf):
+            raise ValueError(f"p_mean must be finite and p_std positive; got {p_mean!r}, "
+                             f"{p_std!r}.")
+        self.time_sampling = time_sampling
+        self.p_mean, self.p_std = float(p_mean), float(p_std)
+
+    def config(self):
+        return {**super().config(), "time_sampling": self.time_sampling, "p_mean": self.p_mean,
+                "p_std": self.p_std}
 
     def preconditioning(self, sigma):
         t = sigma / (1 + sigma)
@@ -43,5 +67,8 @@ class FlowDynamics(Dynamics):
         return eps - x0
 
     def training_sigmas(self, n, gen):
+        if self.time_sampling == "logit-normal":
+            z = torch.randn(n, generator=gen, device=gen.device)
+            return torch.exp(self.p_mean + self.p_std * z)
         t = torch.rand(n, generator=gen, device=gen.device)
         return t / (1 - t)

@@ -4,7 +4,8 @@
     PYTHONPATH=/tmp/skformer-0.1 python tests/data/make_legacy_files.py
 
 Writes skformer-0.1.skf (file format 1), skformer-0.1.pkl (a pickle) and skformer-0.1.npz
-(draws of the posterior that 0.1 gave, to compare with).
+(draws of the posterior that 0.1 gave, and the joint log densities of 5 rows, to compare with:
+log densities are a deterministic function of the weights).
 """
 
 import pickle
@@ -30,4 +31,6 @@ with warnings.catch_warnings():
 save(est, here / "skformer-0.1.skf")
 (here / "skformer-0.1.pkl").write_bytes(pickle.dumps(est))
 draws = est.condition([False, True]).sample(20, observed=np.ones(3), random_state=0)
-np.savez(here / "skformer-0.1.npz", draws=draws, mean=est.mean_, scale=est.scale_)
+rows = X[:5].reshape(5, -1)
+np.savez(here / "skformer-0.1.npz", draws=draws, mean=est.mean_, scale=est.scale_, rows=rows,
+         log_prob=est.score_samples(rows))

@@ -1,0 +1,135 @@
+"""Declared structure: DAG validation and the attention masks it implies, checked by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from skformer import SimformerEstimator, load, save
+from skformer.graph import DAG
+from skformer.layout import Layout
+from skformer.masks import TrainingMasks
+
+T, F = True, False
+
+
+def m(*rows):
+    return np.array(rows, dtype=bool)
+
+
+# ---------------------------------------------------------------------------------- by hand
+def test_chain_faithful():
+    """0 -> 1 -> 2. Nothing observed: each attends to its parent. z2 observed: its latent
+    ancestors 0 and 1 attend to it and to each other."""
+    dag = DAG({1: [0], 2: [1]})
+    np.testing.assert_array_equal(dag.mask([F, F, F], 3), m([T, F, F], [T, T, F], [F, T, T]))
+    np.testing.assert_array_equal(dag.mask([F, F, T], 3), m([T, T, T], [T, T, T], [F, T, T]))
+    # z1 observed: only 0 is a latent ancestor of it
+    np.testing.assert_array_equal(dag.mask([F, T, F], 3), m([T, T, F], [T, T, F], [F, T, T]))
+
+
+def test_faithful_ancestors_count_only_through_latent_paths():
+    """0 -> 1 -> 2 -> 3 with 1 and 3 observed: z0 reaches 3 only through the observed z1 (it
+    is d-separated from z3), so it attends to z1 but not to z3; z2 attends to z3."""
+    dag = DAG({1: [0], 2: [1], 3: [2]})
+    np.testing.assert_array_equal(dag.mask([F, T, F, T], 4),
+                                  m([T, T, F, F], [T, T, F, F], [F, T, T, T], [F, F, T, T]))
+
+
+def test_collider_faithful_couples_the_causes():
+    """0 -> 2 <- 1: observing the common effect 2 makes 0 and 1 attend to each other."""
+    dag = DAG({2: [0, 1]})
+    np.testing.assert_array_equal(dag.mask([F, F, F], 3), m([T, F, F], [F, T, F], [T, T, T]))
+    np.testing.assert_array_equal(dag.mask([F, F, T], 3), m([T, T, T], [T, T, T], [T, T, T]))
+
+
+@pytest.mark.parametrize("observed", [[F, F, F, F], [T, F, F, T], [F, T, T, F]])
+def test_moral_graph_is_fixed_markov_blankets(observed):
+    """0 -> 2 <- 1, 2 -> 3: the moral graph joins 0-2, 1-2, 2-3 and the co-parents 0-1."""
+    dag = DAG({2: [0, 1], 3: [2]}, inversion="moral")
+    expected = m([T, T, T, F], [T, T, T, F], [T, T, T, T], [F, F, T, T])
+    np.testing.assert_array_equal(dag.mask(observed, 4), expected)
+
+
+def test_batched_masks_follow_each_rows_condition():
+    dag = DAG({1: [0], 2: [1], 3: [1]})
+    P = dag.parent_matrix(4)
+    rows = torch.tensor([[F, F, F, F], [F, F, T, F], [T, F, F, T]])
+    out = dag.masks(P, rows)
+    for r, observed in enumerate(rows.numpy()):
+        np.testing.assert_array_equal(out[r].numpy(), dag.mask(observed, 4))
+
+
+# ---------------------------------------------------------------------------------- refusals
+@pytest.mark.parametrize(
+    ("parents", "match"),
+    [
+        ({0: [1], 1: [0]}, r"cycle: a -> b -> a|cycle: b -> a -> b"),
+        ({1: [0], 2: [1], 0: [2]}, "cycle"),
+        ({0: [0]}, "its own parent"),
+        ({1: ["nope"]}, "unknown variable 'nope'"),
+        ({5: [0]}, "outside the 3 variables"),
+        ({1: [0.5]}, "by index or name"),
+    ],
+)
+def test_refusals(parents, match):
+    with pytest.raises(ValueError, match=match):
+        DAG(parents).parent_matrix(3, ["a", "b", "c"])
+
+
+def test_constructor_refusals():
+    with pytest.raises(ValueError, match="inversion"):
+        DAG({}, inversion="magic")
+    with pytest.raises(ValueError, match="mapping"):
+        DAG([(1, 0)])
+
+
+def test_names_and_bare_parents():
+    dag = DAG({"x": "theta", "y": ["x", "theta"]})
+    P = dag.parent_matrix(3, ["theta", "x", "y"])
+    np.testing.assert_array_equal(P, m([F, F, F], [T, F, F], [T, T, F]))
+    assert DAG.from_dict(dag.to_dict()) == dag
+
+
+# ---------------------------------------------------------------------------------- in use
+def test_training_masks_follow_the_dag_row_by_row():
+    layout = Layout.from_spec(4, [1, 1, 2], names=["a", "b", "c"])
+    dag = DAG({"b": ["a"], "c": ["b"]})
+    masks = TrainingMasks("bernoulli", dag, layout, None, seed=0, device="cpu")
+    observed, edges = masks(64)
+    assert edges.shape == (64, 4, 4)
+    for r in range(64):
+        variables = layout.variable_condition(observed[r].numpy())
+        expected = layout.edge_columns(dag.mask(variables, 3, layout.names))
+        np.testing.assert_array_equal(edges[r].numpy(), expected)
+
+
+def chain_data(n=600, seed=0):
+    rng = np.random.default_rng(seed)
+    z0 = rng.normal(size=n)
+    z1 = z0 + 0.5 * rng.normal(size=n)
+    z2 = z1 + 0.5 * rng.normal(size=n)
+    return np.stack([z0, z1, z2], axis=1)
+
+
+def test_an_estimator_with_a_dag_uses_its_masks_and_keeps_them(tmp_path):
+    import pickle
+
+    est = SimformerEstimator(edge_masks=DAG({1: [0], 2: [1]}), max_epochs=2, d_model=16,
+                             n_layers=1, n_heads=2, random_state=0, device="cpu")
+    est.fit(chain_data())
+    cond = est.condition([F, F, T])
+    np.testing.assert_array_equal(cond.edge_mask, m([T, T, T], [T, T, T], [F, T, T]))
+    given = est.condition([F, F, T], edge_mask=np.ones((3, 3), bool))
+    assert given.edge_mask.all()  # an explicit edge_mask wins
+    save(est, tmp_path / "dag.skf")
+    for loaded in (load(tmp_path / "dag.skf"), pickle.loads(pickle.dumps(est))):
+        assert loaded.edge_masks == est.edge_masks
+        np.testing.assert_array_equal(loaded.condition([F, F, T]).edge_mask, cond.edge_mask)
+
+
+def test_a_bad_dag_is_refused_at_fit():
+    est = SimformerEstimator(edge_masks=DAG({0: [1], 1: [0]}), max_epochs=1)
+    with pytest.raises(ValueError, match="cycle"):
+        est.fit(chain_data(50))
