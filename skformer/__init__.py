@@ -9,6 +9,7 @@ from skformer.io import load, save
 from skformer.layout import Layout
 from skformer.model import SimformerModel, Standardiser
 from skformer.plot import pairplot, plot_loss
+from skformer.simulation import simulate
 
 __all__ = [
     "SimformerEstimator",
@@ -22,6 +23,7 @@ __all__ = [
     "BoxUniform",
     "pairplot",
     "plot_loss",
+    "simulate",
     "save",
     "load",
     "SkformerVersionWarning",

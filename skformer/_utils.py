@@ -21,6 +21,8 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -87,6 +89,26 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
+# ---------------------------------------------------------------------------------- threads
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the body with ``n`` torch threads (intra-op), then restore the count before.
+
+    None leaves torch's setting alone: its default (the physical cores), ``OMP_NUM_THREADS``,
+    a :func:`threadpoolctl.threadpool_limits` block, or the one thread that joblib's loky
+    workers and dask's workers start with. The setting is global to the process.
+    """
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 # ---------------------------------------------------------------------------------- seeding
 def seed_from(random_state) -> int:
     """Draw a 63-bit seed from anything scikit-learn accepts as ``random_state``.
@@ -124,6 +146,14 @@ class FitSeeds:
     """Noise levels and noise of the training rows."""
     validation: int
     """Fixed masks, noise levels and noise of the validation rows."""
+
+
+    def for_rank(self, group) -> FitSeeds:
+        """The seeds of one rank of a data-parallel fit: its own masks, noise, order and
+        validation draws; the weights and the split shared by all ranks."""
+        return FitSeeds(self.weights, self.split, group.seed(self.shuffle),
+                        group.seed(self.masks), group.seed(self.noise),
+                        group.seed(self.validation))
 
 
 def fit_seeds(random_state) -> FitSeeds:

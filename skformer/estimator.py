@@ -20,8 +20,9 @@ from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 import skformer._version as _version
+import skformer.distributed as distributed
 from skformer._legacy import pickle_state_to_description
-from skformer._utils import FitSeeds, fit_seeds, resolve_device, to_numpy, warn
+from skformer._utils import FitSeeds, fit_seeds, resolve_device, to_numpy, torch_threads, warn
 from skformer.conditional import Conditional
 from skformer.dynamics import METHODS, Dynamics, make_dynamics
 from skformer.dynamics.solvers import SOLVERS
@@ -126,6 +127,15 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         repeated bit for bit on the same machine, device, torch version and number of threads;
         across thread counts, machines or versions the results agree in distribution only (the
         order of floating-point sums differs). Sampling takes its own ``random_state``.
+    n_threads : int or None, default=None
+        Threads torch may use for the computations of ``fit``, ``sample``, ``score`` and
+        ``score_samples`` (set for the call, restored after). None leaves torch's setting:
+        all physical cores, unless ``OMP_NUM_THREADS``, a :func:`threadpoolctl.threadpool_limits`
+        block or a joblib/dask worker (one thread each) says otherwise. Set it when several
+        fits share a machine outside joblib, e.g. ``n_threads=1`` for two scripts on two cores;
+        threads competing for cores slow a fit many times over (``benchmarks/threads.py``).
+        The setting is global to the process, so concurrent fits in threads of one process
+        (joblib's "threading" backend) share it; prefer processes (loky, dask).
     verbose : int, default=0
         Show a progress bar during training when positive.
 
@@ -144,7 +154,9 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
     device_ : torch.device
         Where the model lives.
     batch_size_ : int
-        The batch size used (``batch_size`` resolved).
+        The batch size used (``batch_size`` resolved), per process under data-parallel training.
+    n_training_rows_ : int
+        Rows this process trained on (under ``torchrun``, its share of the training rows).
     token_columns_ : list of lists of int
         The columns of each token (``tokens`` resolved).
     loss_curve_ : list of float
@@ -207,6 +219,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         "log_prob_steps": [Interval(Integral, 2, MAX_STEPS, closed="both")],
         "device": [str, torch.device, HasMethods("type")],
         "random_state": ["random_state", np.random.Generator],
+        "n_threads": [None, Interval(Integral, 1, None, closed="left")],
         "verbose": ["verbose"],
     }
 
@@ -237,6 +250,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         log_prob_steps=20,
         device="auto",
         random_state=None,
+        n_threads=None,
         verbose=0,
     ):
         self.method = method
@@ -263,6 +277,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         self.log_prob_steps = log_prob_steps
         self.device = device
         self.random_state = random_state
+        self.n_threads = n_threads
         self.verbose = verbose
 
     # ------------------------------------------------------------------ fitted views
@@ -455,7 +470,8 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         """
         snapshot = dict(self.__dict__)
         try:
-            result = self._fit(X)
+            with torch_threads(self.n_threads):
+                result = self._fit(X)
         except BaseException:
             # nothing half-changed: a failed fit leaves the estimator as it was
             self.__dict__.clear()
@@ -477,25 +493,31 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
             )
         layout = self._make_layout(X.shape[1])
         split = self._training_split(layout)
-        device = resolve_device(self.device)
+        device = distributed.local_device(resolve_device(self.device))
+        group = distributed.current(device)
         seeds = fit_seeds(self.random_state)
+        model = self._build_model(X, layout, seeds)  # the same weights on every rank
+        if group is not None:  # each rank draws its own masks, noise and order
+            seeds = seeds.for_rank(group)
         masks = TrainingMasks(self.condition_masks, self.edge_masks, layout, split, seeds.masks,
                               device)
         validation_masks = TrainingMasks(self.condition_masks, self.edge_masks, layout, split,
                                          seeds.validation, device)
-        self.token_columns_ = self._token_columns(layout)
-        model = self._build_model(X, layout, seeds).to(device)
+        model = model.to(device)
         model.missing_seen.copy_(torch.as_tensor(np.isnan(X).any(axis=0)))
         # standard units, NaN where missing: the loop leaves those entries out
         x_train, x_val = self._split_rows(model.standardiser(torch.as_tensor(X).to(device)),
                                           seeds)
         self.batch_size_ = self._resolve_batch_size(x_train.shape[0])
+        if group is not None:  # the same batch in all, split over the ranks
+            self.batch_size_ = max(1, self.batch_size_ // group.world)
         network, result = train(model.network, model.dynamics, x_train, x_val, masks,
-                                validation_masks, self._train_config(), seeds)
+                                validation_masks, self._train_config(), seeds, group)
         model.network = network
         self.model_ = model.requires_grad_(False).eval()
         self._record(result)
-        self._warn_about(result, has_validation=x_val is not None)
+        if group is None or group.is_main:
+            self._warn_about(result, has_validation=x_val is not None)
         return result
 
     def _drop_empty_rows(self, X: np.ndarray) -> np.ndarray:
@@ -508,7 +530,9 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         return X[~empty]
 
     def _build_model(self, X: np.ndarray, layout: Layout, seeds: FitSeeds) -> SimformerModel:
-        """An untrained model: standardiser fitted to X, dynamics, freshly seeded network."""
+        """An untrained model: standardiser fitted to X, dynamics, freshly seeded network (on
+        the CPU; the caller moves it)."""
+        self.token_columns_ = self._token_columns(layout)
         if self.d_model % self.n_heads:
             raise ValueError(
                 f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})."
@@ -558,6 +582,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         )
 
     def _record(self, result: TrainResult) -> None:
+        self.n_training_rows_ = result.n_rows
         self.loss_curve_ = result.loss_curve
         self.validation_scores_ = result.validation_scores
         self.best_epoch_ = result.best_epoch
@@ -708,7 +733,8 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
             Log density in the units of X.
         """
         joint = self._joint()
-        return joint.log_prob(self._validate_X(X, reset=False))
+        with torch_threads(self.n_threads):
+            return joint.log_prob(self._validate_X(X, reset=False))
 
     def score(self, X, y=None):
         """Mean joint log density of the rows of X (higher is better).
@@ -742,7 +768,9 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         -------
         ndarray of shape (n_samples, n_columns)
         """
-        return self._joint().sample(n_samples, random_state=random_state)
+        joint = self._joint()
+        with torch_threads(self.n_threads):
+            return joint.sample(n_samples, random_state=random_state)
 
     # ------------------------------------------------------------------ description
     def _describe(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

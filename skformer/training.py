@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from skformer._utils import FitSeeds, make_generator
+from skformer.distributed import Group
 from skformer.network import MISSING, OBSERVED
 
 __all__ = ["TrainConfig", "TrainResult", "train"]
@@ -59,6 +60,8 @@ class TrainResult:
     """Why training stopped diverging (a sentence), when it did and earlier weights were kept."""
     untrained_score: float = math.nan
     """The untrained network's score (validation loss, else its first training batch's loss)."""
+    n_rows: int = 0
+    """Training rows this process trained on (its share, under data-parallel)."""
 
 
 EXPLOSION = 10.0
@@ -93,6 +96,7 @@ def train(
     validation_masks: Masks,
     config: TrainConfig,
     seeds: FitSeeds,
+    group: Group | None = None,
 ) -> tuple[torch.nn.Module, TrainResult]:
     """Fit ``network`` by the dynamics' loss; return the kept (EMA) network and the history.
 
@@ -109,32 +113,41 @@ def train(
     Interruption: a ``KeyboardInterrupt`` after the first epoch ends training with the best
     weights so far and ``result.interrupted`` set (the caller decides what to do with it);
     during the first epoch it propagates.
+
+    Data-parallel (``group``, see :mod:`skformer.distributed`): every rank passes the same rows
+    and trains on its share of them; gradients are averaged by DistributedDataParallel and
+    losses over the ranks, so every decision and every weight is the same on all ranks.
+    ``seeds`` should then be the rank's own (the estimator derives them).
     """
     device = x_train.device
+    if group is not None:
+        x_train = group.share(x_train)
+        x_val = None if x_val is None else group.share(x_val)
     missing = _missing(x_train)
     x_train = x_train.nan_to_num(0.0)
     shuffle_gen = make_generator(seeds.shuffle, device)
     noise_gen = make_generator(seeds.noise, device)
     ema = copy.deepcopy(network).requires_grad_(False)
     opt = torch.optim.AdamW(network.parameters(), lr=config.learning_rate,
-                            weight_decay=config.weight_decay)
+                            weight_decay=config.weight_decay, fused=device.type == "cuda")
+    forward = network if group is None else group.wrap(network, device)
+    result = TrainResult(n_rows=x_train.shape[0])
     n = x_train.shape[0]
     bs = min(config.batch_size, n)
     steps_per_epoch = max(1, n // bs)  # drop the ragged tail: equal-size batches
     total = steps_per_epoch * config.max_epochs
     warmup = max(1, int(config.warmup_fraction * total))
 
-    result = TrainResult()
     val = None
     if x_val is not None and x_val.shape[0] > 0:
         val = _validation_set(dynamics, x_val, validation_masks, config.validation_rows,
                               make_generator(seeds.validation, device))
-        result.untrained_score = _validate(dynamics, ema, val, bs)
+        result.untrained_score = _validate(dynamics, ema, val, bs, group)
     best_score, best_state, since_best = math.inf, None, 0
     first_loss = None
     step = 0
     bar = None
-    if config.verbose:
+    if config.verbose and (group is None or group.is_main):
         from tqdm.auto import tqdm
 
         bar = tqdm(total=config.max_epochs, desc="training", unit="epoch")
@@ -151,7 +164,7 @@ def train(
                     observed = _states(observed, missing[rows])
                 sigma = dynamics.training_sigmas(x0.shape[0], noise_gen)
                 eps = torch.randn(x0.shape, generator=noise_gen, device=device)
-                loss = dynamics.loss(network, x0, observed, edges, sigma, eps).mean()
+                loss = dynamics.loss(forward, x0, observed, edges, sigma, eps).mean()
                 if first_loss is None:
                     first_loss = loss.detach()
                 for g in opt.param_groups:
@@ -163,12 +176,17 @@ def train(
                 _ema_update(ema, network, min(config.ema_decay, (1 + step) / (10 + step)))
                 step += 1
                 running += loss.detach()
+            if group is not None:
+                running = group.mean(running)
+                if epoch == 0:
+                    first_loss = group.mean(first_loss)
             result.loss_curve.append(float(running) / steps_per_epoch)
             result.n_iter = epoch + 1
             if val is None and epoch == 0:
                 result.untrained_score = float(first_loss)
 
-            score = result.loss_curve[-1] if val is None else _validate(dynamics, ema, val, bs)
+            score = (result.loss_curve[-1] if val is None
+                     else _validate(dynamics, ema, val, bs, group))
             if val is not None:
                 result.validation_scores.append(score)
             problem = _divergence(result, score, float(first_loss), val is not None)
@@ -251,12 +269,16 @@ def _validation_set(dynamics, x_val, masks: Masks, rows: int, gen: torch.Generat
 
 
 @torch.no_grad()
-def _validate(dynamics, net, val, bs) -> float:
+def _validate(dynamics, net, val, bs, group: Group | None = None) -> float:
+    """Mean loss over the validation rows (over every rank's, under data-parallel)."""
     x_val, observed, edges, sigma, eps = val
     net.eval()
-    total = torch.zeros((), device=x_val.device)
+    total = torch.zeros(2, device=x_val.device)
     for i in range(0, x_val.shape[0], 4 * bs):
         sl = slice(i, i + 4 * bs)
         e = None if edges is None else edges[sl]
-        total += dynamics.loss(net, x_val[sl], observed[sl], e, sigma[sl], eps[sl]).sum()
-    return float(total) / x_val.shape[0]
+        total[0] += dynamics.loss(net, x_val[sl], observed[sl], e, sigma[sl], eps[sl]).sum()
+    total[1] = x_val.shape[0]
+    if group is not None:
+        total = group.sum(total)
+    return float(total[0] / total[1])

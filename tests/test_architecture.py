@@ -13,12 +13,12 @@ ROOT = Path(__file__).resolve().parents[1] / "skformer"
 # the layers of docs/architecture.md, top (0) to bottom (3)
 LAYERS = {
     "skformer.estimator": 0, "skformer.conditional": 0, "skformer.compat": 0,
-    "skformer.io": 0, "skformer.plot": 0,
+    "skformer.io": 0, "skformer.plot": 0, "skformer.simulation": 0,
     "skformer.model": 1,
     "skformer.network": 2, "skformer.dynamics": 2, "skformer.dynamics.base": 2,
     "skformer.dynamics.score": 2, "skformer.dynamics.flow": 2, "skformer.dynamics.solvers": 2,
     "skformer.guidance": 2, "skformer.training": 2, "skformer.masks": 2, "skformer.layout": 2,
-    "skformer.graph": 2,
+    "skformer.graph": 2, "skformer.distributed": 2,
     "skformer._utils": 3, "skformer._version": 3, "skformer._legacy": 3,
     "skformer.persistence": 3, "skformer.persistence.codec": 3,
     "skformer.persistence.container": 3,

@@ -1,0 +1,241 @@
+"""Simulate training data in parallel: prior draws, a user's simulator, chunks through joblib.
+
+:func:`simulate` draws parameters from a prior, runs the simulator over them in chunks through
+:class:`joblib.Parallel` (so any joblib backend fans it out: local processes by default, a dask
+or ray cluster inside ``joblib.parallel_config(backend=...)``), and returns the joint rows
+``[theta, x]`` that :meth:`skformer.SimformerEstimator.fit` takes. Every chunk has its own seed,
+fixed by ``random_state`` and the chunk's position, so the result is the same for any
+``n_jobs`` and backend. Simulations that raise or return non-finite values are reported and, by
+default, kept with their ``x`` entries missing (NaN), which ``fit`` treats as missing data.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable
+from numbers import Integral
+
+import joblib
+import numpy as np
+import torch
+
+from skformer._utils import seed_from, warn
+
+__all__ = ["simulate"]
+
+ON_FAILURE = ("nan", "drop", "raise")
+
+
+class _BadOutput(ValueError):
+    """The simulator returned something of the wrong shape: a bug to report, not a failure."""
+
+
+def simulate(simulator: Callable, prior, n_simulations: int, *, n_jobs: int | None = None,
+             chunk_size: int = 1000, random_state=None, on_failure: str = "nan",
+             verbose: int = 0) -> np.ndarray:
+    """Draw ``theta`` from ``prior``, simulate ``x = simulator(theta)`` in parallel chunks, and
+    return the joint rows ``[theta, x]``.
+
+    Parameters
+    ----------
+    simulator : callable
+        Takes a batch of parameters, an array of shape (n, n_theta), and returns the batch of
+        simulations, an array-like of shape (n, ...) (flattened to (n, n_x)). It may accept a
+        keyword argument ``rng``, a :class:`numpy.random.Generator` to draw its noise from;
+        otherwise numpy's and torch's global generators are seeded for each chunk (and
+        restored after). It must be picklable for process backends (loky pickles lambdas
+        and closures too).
+    prior : torch distribution, scipy distribution or callable
+        An object with ``sample(sample_shape)`` (``torch.distributions``, e.g. sbi's
+        ``BoxUniform``), an object with ``rvs(size, random_state)`` (a frozen
+        ``scipy.stats`` distribution), or a callable ``prior(n, rng)`` that returns n draws.
+    n_simulations : int
+        Number of rows.
+    n_jobs : int or None, default=None
+        Parallel workers, as in scikit-learn: None means 1 unless inside a
+        ``joblib.parallel_config`` context, -1 means all cores.
+    chunk_size : int, default=1000
+        Simulations per task sent to a worker. Results depend on ``chunk_size`` (each chunk is
+        seeded), never on ``n_jobs`` or the backend.
+    random_state : int, RandomState or Generator instance, or None, default=None
+        Seeds the prior draws and every chunk.
+    on_failure : {"nan", "drop", "raise"}, default="nan"
+        What becomes of a simulation that raises or returns NaN or infinity. "nan": the row is
+        kept, its failed ``x`` entries (all of them when the simulator raised) set to NaN, which
+        ``fit`` treats as missing; sound when failures do not depend on what is missing, and it
+        keeps ``theta`` distributed as the prior. "drop": the row is left out. "raise": the first
+        failure raises. A chunk whose call raises is simulated again row by row, so only the
+        rows that fail are affected. A warning reports how many failed.
+    verbose : int, default=0
+        Show a progress bar over chunks when positive.
+
+    Returns
+    -------
+    ndarray of shape (n_rows, n_theta + n_x)
+        Joint rows ``[theta, x]`` (float64); n_rows is ``n_simulations`` unless failed rows
+        were dropped.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skformer.simulation import simulate
+    >>> def prior(n, rng):
+    ...     return rng.uniform(-1, 1, size=(n, 2))
+    >>> def simulator(theta, rng):
+    ...     return theta + 0.1 * rng.standard_normal(theta.shape)
+    >>> X = simulate(simulator, prior, 500, chunk_size=100, random_state=0)
+    >>> X.shape
+    (500, 4)
+    >>> bool(np.array_equal(X, simulate(simulator, prior, 500, chunk_size=100, n_jobs=2,
+    ...                                 random_state=0)))
+    True
+    """
+    if not isinstance(n_simulations, Integral) or n_simulations < 1:
+        raise ValueError(f"n_simulations must be a positive int, got {n_simulations!r}.")
+    if not isinstance(chunk_size, Integral) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}.")
+    if on_failure not in ON_FAILURE:
+        raise ValueError(f"on_failure must be one of {ON_FAILURE}, got {on_failure!r}.")
+    if not callable(simulator):
+        raise TypeError(f"simulator must be callable, got {type(simulator).__name__}.")
+    root = np.random.SeedSequence(seed_from(random_state))
+    prior_seed, chunks_seed = root.spawn(2)
+    theta = _draw(prior, int(n_simulations), prior_seed)
+    n_chunks = math.ceil(len(theta) / chunk_size)
+    seeds = chunks_seed.spawn(n_chunks)
+    jobs = (joblib.delayed(_run_chunk)(simulator, theta[i * chunk_size:(i + 1) * chunk_size],
+                                       seeds[i], on_failure == "raise", i * chunk_size)
+            for i in range(n_chunks))
+    results = joblib.Parallel(n_jobs=n_jobs, return_as="generator")(jobs)
+    bar = None
+    if verbose:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(theta), desc="simulating", unit="sim")
+    pieces, raised = [], 0
+    try:
+        for i, (x, n_raised) in enumerate(results):
+            pieces.append(x)
+            raised += n_raised
+            if bar is not None:
+                bar.update(min(chunk_size, len(theta) - i * chunk_size))
+    finally:
+        if bar is not None:
+            bar.close()
+    widths = {p.shape[1] for p in pieces if p.shape[1]}
+    if len(widths) > 1:
+        raise ValueError(f"the simulator returned different widths of x: {sorted(widths)}.")
+    if not widths:
+        raise RuntimeError(f"every one of the {len(theta)} simulations raised.")
+    width = widths.pop()
+    x = np.vstack([p if p.shape[1] else np.full((len(p), width), np.nan) for p in pieces])
+    return _finish(theta, x, raised, on_failure)
+
+
+def _finish(theta: np.ndarray, x: np.ndarray, raised: int, on_failure: str) -> np.ndarray:
+    failed = ~np.isfinite(x)
+    rows = failed.any(axis=1)
+    if rows.any():
+        if on_failure == "raise":
+            first = int(np.flatnonzero(rows)[0])
+            raise ValueError(f"simulation {first} returned non-finite values "
+                             f"(theta = {theta[first].tolist()}).")
+        whole = failed.all(axis=1)
+        what = (f"{int(rows.sum())} of {len(x)} simulations failed ({raised} raised, "
+                f"{int(rows.sum()) - raised} returned NaN or infinity"
+                + (f", {int(rows.sum() - whole.sum())} of them in some entries only" if
+                   (rows & ~whole).any() else "") + ")")
+        if on_failure == "drop":
+            warn(f"{what}; their rows were dropped.", RuntimeWarning)
+            theta, x = theta[~rows], x[~rows]
+        else:
+            warn(f"{what}; their failed x entries are NaN, which fit treats as missing "
+                 "(on_failure='drop' leaves the rows out).", RuntimeWarning)
+            x = np.where(failed, np.nan, x)
+    return np.hstack([theta, x])
+
+
+def _draw(prior, n: int, seed: np.random.SeedSequence) -> np.ndarray:
+    """n draws from ``prior`` as a float64 array of shape (n, n_theta)."""
+    if hasattr(prior, "sample") and not callable(getattr(prior, "rvs", None)):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed.generate_state(1, np.uint64)[0] >> 1))
+            draws = prior.sample((n,))
+    elif callable(getattr(prior, "rvs", None)):
+        draws = prior.rvs(size=n, random_state=np.random.default_rng(seed))
+    elif callable(prior):
+        draws = prior(n, np.random.default_rng(seed))
+    else:
+        raise TypeError("prior must have sample(shape) (torch), rvs(size, random_state) "
+                        f"(scipy) or be a callable prior(n, rng); got {type(prior).__name__}.")
+    theta = np.asarray(draws.detach().cpu() if isinstance(draws, torch.Tensor) else draws,
+                       dtype=np.float64)
+    theta = theta.reshape(n, -1) if theta.ndim != 2 else theta
+    if theta.shape[0] != n:
+        raise ValueError(f"the prior returned {theta.shape[0]} draws; {n} were asked for.")
+    if not np.isfinite(theta).all():
+        raise ValueError("the prior returned non-finite parameters.")
+    return theta
+
+
+def _takes_rng(simulator: Callable) -> bool:
+    try:
+        return "rng" in inspect.signature(simulator).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _call(simulator: Callable, theta: np.ndarray, seed: np.random.SeedSequence) -> np.ndarray:
+    """One seeded call of the simulator, as a float64 array of shape (len(theta), n_x)."""
+    if _takes_rng(simulator):
+        out = simulator(theta, rng=np.random.default_rng(seed))
+    else:
+        seed_int = int(seed.generate_state(1, np.uint64)[0] >> 1)
+        state = np.random.get_state()
+        try:
+            np.random.seed(seed_int % 2**32)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed_int)
+                out = simulator(theta)
+        finally:
+            np.random.set_state(state)
+    if isinstance(out, torch.Tensor):
+        out = out.detach().cpu().numpy()
+    out = np.asarray(out, dtype=np.float64)
+    if out.ndim == 0 or out.shape[0] != len(theta):
+        raise _BadOutput(f"the simulator returned shape {out.shape} for {len(theta)} "
+                         "parameter sets; it must return one simulation per row.")
+    return out.reshape(len(theta), -1)
+
+
+def _run_chunk(simulator: Callable, theta: np.ndarray, seed: np.random.SeedSequence,
+               strict: bool, offset: int) -> tuple[np.ndarray, int]:
+    """Simulate one chunk; when the batched call raises, each row alone. Returns x (rows that
+    raised are NaN; width 0 when all did) and the count of rows that raised."""
+    whole_seed, rows_seed = seed.spawn(2)
+    try:
+        return _call(simulator, theta, whole_seed), 0
+    except _BadOutput:
+        raise
+    except Exception as error:
+        if strict:
+            raise RuntimeError(f"the simulator raised on the chunk starting at row {offset}: "
+                               f"{error!r}") from error
+    rows, raised = [], 0
+    for i, row_seed in enumerate(rows_seed.spawn(len(theta))):
+        try:
+            rows.append(_call(simulator, theta[i:i + 1], row_seed)[0])
+        except _BadOutput:
+            raise
+        except Exception:
+            rows.append(None)
+            raised += 1
+    width = next((len(r) for r in rows if r is not None), 0)
+    x = np.full((len(theta), width), np.nan)
+    for i, r in enumerate(rows):
+        if r is not None:
+            if len(r) != width:
+                raise ValueError("the simulator returned different widths of x: "
+                                 f"{sorted({width, len(r)})}.")
+            x[i] = r
+    return x, raised
