@@ -1,5 +1,6 @@
 """skformer: the Simformer (all-in-one simulation-based inference) as a scikit-learn estimator."""
 
+from skformer import diagnostics
 from skformer._version import SkformerVersionWarning, __version__
 from skformer.compat import BoxUniform, FlowMatchingSimformer, Simformer
 from skformer.conditional import Conditional
@@ -8,7 +9,7 @@ from skformer.graph import DAG
 from skformer.io import load, save
 from skformer.layout import Layout
 from skformer.model import SimformerModel, Standardiser
-from skformer.plot import pairplot, plot_loss
+from skformer.plot import coverage_plot, pairplot, plot_loss, sbc_rank_plot, tarp_plot
 from skformer.simulation import simulate
 
 __all__ = [
@@ -23,6 +24,10 @@ __all__ = [
     "BoxUniform",
     "pairplot",
     "plot_loss",
+    "sbc_rank_plot",
+    "coverage_plot",
+    "tarp_plot",
+    "diagnostics",
     "simulate",
     "save",
     "load",

@@ -1,4 +1,5 @@
-"""Pairplots of samples and loss curves (matplotlib, imported only when called)."""
+"""Plots: pairplots of samples, loss curves, and calibration diagnostics (matplotlib, imported
+only when called)."""
 
 from __future__ import annotations
 
@@ -117,3 +118,124 @@ def plot_loss(estimator, ax=None):
     ax.set_yscale("log")
     ax.legend()
     return ax
+
+
+def _names(names, n: int, prefix: str) -> list[str]:
+    names = [f"{prefix}{j}" for j in range(n)] if names is None else list(names)
+    if len(names) != n:
+        raise ValueError(f"names has {len(names)} entries for {n} columns.")
+    return names
+
+
+def sbc_rank_plot(ranks, n_samples: int, *, kind: str = "hist", n_bins: int | None = None,
+                  names=None, confidence: float = 0.99, axes=None):
+    """SBC ranks per column against the uniform distribution a calibrated conditional gives.
+
+    Parameters
+    ----------
+    ranks : array-like of int of shape (n_tests, n_columns)
+        From :func:`skformer.diagnostics.sbc`.
+    n_samples : int
+        Samples per test the ranks were computed from.
+    kind : {"hist", "ecdf"}, default="hist"
+        "hist": a histogram of the ranks with the band a uniform histogram stays within at
+        ``confidence`` (per bin). "ecdf": the difference between the empirical CDF of the
+        normalised ranks and the uniform CDF, with the pointwise band at ``confidence``; it
+        reads better with few tests.
+    n_bins : int or None
+        Histogram bins (default: about n_tests / 10, between 5 and 50).
+    names : list of str or None
+        Column names for the titles.
+    confidence : float, default=0.99
+    axes : array of matplotlib Axes or None
+
+    Returns
+    -------
+    ndarray of Axes
+
+    Reading it: a U shape (truths often below or above every sample) means over-confident
+    (too narrow); a hump in the middle means under-confident (too wide); a slope (ranks
+    piling up at one end) means bias: ranks near ``n_samples`` say the samples sit below the
+    truth. See docs/diagnostics.md.
+    """
+    import matplotlib.pyplot as plt
+    from scipy import stats
+
+    ranks = np.asarray(ranks)
+    ranks = ranks[:, None] if ranks.ndim == 1 else ranks
+    n_tests, d = ranks.shape
+    if kind not in ("hist", "ecdf"):
+        raise ValueError(f"kind must be 'hist' or 'ecdf'; got {kind!r}.")
+    names = _names(names, d, "column ")
+    if axes is None:
+        _, axes = plt.subplots(1, d, figsize=(3.2 * d, 2.8), squeeze=False)
+    axes = np.asarray(axes).reshape(-1)
+    tail = (1 - confidence) / 2
+    for j, ax in enumerate(axes[:d]):
+        if kind == "hist":
+            bins = n_bins or int(np.clip(n_tests // 10, 5, 50))
+            lo, hi = stats.binom.ppf([tail, 1 - tail], n_tests, 1 / bins)
+            ax.axhspan(lo, hi, color="gray", alpha=0.25, lw=0, label=f"uniform, {confidence:.0%}")
+            ax.axhline(n_tests / bins, color="gray", lw=1)
+            ax.hist(ranks[:, j], bins=np.linspace(0, n_samples + 1, bins + 1), color="C0",
+                    alpha=0.8)
+            ax.set_xlabel("rank")
+            ax.set_ylabel("count" if j == 0 else "")
+        else:
+            z = np.linspace(0, 1, 201)
+            u = np.sort((ranks[:, j] + 0.5) / (n_samples + 1))
+            ecdf = np.searchsorted(u, z, side="right") / n_tests
+            lo = stats.binom.ppf(tail, n_tests, z) / n_tests - z
+            hi = stats.binom.ppf(1 - tail, n_tests, z) / n_tests - z
+            ax.fill_between(z, lo, hi, color="gray", alpha=0.25, lw=0,
+                            label=f"uniform, {confidence:.0%}")
+            ax.plot(z, ecdf - z, color="C0")
+            ax.axhline(0, color="gray", lw=1)
+            ax.set_xlabel("normalised rank")
+            ax.set_ylabel("ECDF - uniform" if j == 0 else "")
+        ax.set_title(names[j])
+    axes[0].legend(fontsize="small")
+    return axes
+
+
+def _calibration_curve(levels, values, n_tests, ax, label, ylabel, confidence):
+    import matplotlib.pyplot as plt
+    from scipy import stats
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(3.6, 3.4))
+    levels, values = np.asarray(levels, float), np.asarray(values, float)
+    if n_tests:
+        tail = (1 - confidence) / 2
+        lo = stats.binom.ppf(tail, n_tests, levels) / n_tests
+        hi = stats.binom.ppf(1 - tail, n_tests, levels) / n_tests
+        ax.fill_between(levels, lo, hi, color="gray", alpha=0.25, lw=0,
+                        label=f"calibrated, {confidence:.0%}")
+    ax.plot([0, 1], [0, 1], color="gray", lw=1, ls="--")
+    ax.plot(levels, values, marker=".", label=label)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("credibility level")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize="small", loc="upper left")
+    return ax
+
+
+def coverage_plot(levels, coverage, *, n_tests: int | None = None, label: str | None = None,
+                  confidence: float = 0.99, ax=None):
+    """Expected coverage against the credibility level, with the diagonal of a calibrated
+    conditional and, given ``n_tests``, the band sampling error allows around it.
+
+    Below the diagonal: over-confident (regions too small); above: under-confident.
+    Returns the Axes. ``levels, coverage`` come from :func:`skformer.diagnostics.coverage`.
+    """
+    return _calibration_curve(levels, coverage, n_tests, ax, label or "empirical",
+                              "empirical coverage", confidence)
+
+
+def tarp_plot(levels, expected_coverage, *, n_tests: int | None = None,
+              label: str | None = None, confidence: float = 0.99, ax=None):
+    """TARP expected coverage (:func:`skformer.diagnostics.tarp`) against the credibility
+    level; on the diagonal when the conditional is exact. Returns the Axes."""
+    return _calibration_curve(levels, expected_coverage, n_tests, ax, label or "TARP",
+                              "expected coverage (TARP)", confidence)
