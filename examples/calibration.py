@@ -1,4 +1,5 @@
-"""Calibration: is the posterior over- or under-confident? SBC ranks, coverage and TARP.
+"""Calibration: is the posterior over- or under-confident? SBC ranks, coverage and TARP
+====================================================================================
 
 Simulator: the seed task, theta ~ U(-1, 1)^3, x = theta + 1 + 0.1 * noise. One model is fitted;
 its posterior p(theta | x) and its likelihood p(x | theta) are checked on 200 fresh test
@@ -22,7 +23,8 @@ from sklearn.exceptions import ConvergenceWarning
 from skformer import SimformerEstimator, coverage_plot, sbc_rank_plot, tarp_plot
 from skformer.diagnostics import check_sbc, coverage, draw_samples, sbc, tarp
 
-OUT = Path(__file__).resolve().parent / "output"
+# sphinx-gallery runs the examples from this folder, without __file__
+OUT = (Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()) / "output"
 
 
 def simulate(n: int, rng) -> tuple[np.ndarray, np.ndarray]:
@@ -53,8 +55,9 @@ def main() -> None:
         est.fit(np.hstack([theta, x]))
 
     test_theta, test_x = simulate(200, np.random.default_rng(1))
-    posterior = draw_samples(est.posterior(), test_x, 300, random_state=0)
-    likelihood = draw_samples(est.likelihood(), test_theta, 300, random_state=0)
+    posterior = draw_samples(est.posterior(), test_x, 300, random_state=0, verbose=False)
+    likelihood = draw_samples(est.likelihood(), test_theta, 300, random_state=0,
+                              verbose=False)
     checks = {"posterior p(theta | x)": (posterior, test_theta, test_x),
               "likelihood p(x | theta)": (likelihood, test_x, test_theta),
               "over-confident sampler": (shrink(posterior), test_theta, test_x)}

@@ -1,4 +1,5 @@
-"""Missing data: fit on simulations with entries missing, then condition on incomplete data.
+"""Missing data: fit on simulations with entries missing, then condition on incomplete data
+========================================================================================
 
 Simulator: theta ~ U(-1, 1)^3, x = theta + 1 + 0.1 * noise, given as a DataFrame whose columns
 are named. 30 % of the entries are missing (NaN) at random, as when a simulator or a measurement
@@ -22,7 +23,8 @@ from sklearn.exceptions import ConvergenceWarning
 
 from skformer import SimformerEstimator, pairplot
 
-OUT = Path(__file__).resolve().parent / "output"
+# sphinx-gallery runs the examples from this folder, without __file__
+OUT = (Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()) / "output"
 
 
 def main() -> None:

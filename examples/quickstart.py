@@ -1,4 +1,5 @@
-"""Quickstart: fit one Simformer on the seed task, then ask it three different questions.
+"""Quickstart: fit one Simformer on the seed task, then ask it three different questions
+=====================================================================================
 
 Simulator: theta ~ U(-1, 1)^3, x = theta + 1 + 0.1 * noise. One fit, then the posterior
 p(theta | x_o), the likelihood p(x | theta_o) and a mixed conditional, each checked against its
@@ -14,7 +15,8 @@ from sklearn.exceptions import ConvergenceWarning
 
 from skformer import SimformerEstimator, pairplot, plot_loss
 
-OUT = Path(__file__).resolve().parent / "output"
+# sphinx-gallery runs the examples from this folder, without __file__
+OUT = (Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()) / "output"
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""sbi's Simformer tutorial, verbatim but for its import lines, on skformer.
+"""sbi's Simformer tutorial, verbatim but for its import lines, on skformer
+========================================================================
 
 Saves the tutorial's four pairplots to examples/output/seed_tutorial_*.png. About two minutes
 on 2 CPU cores.
@@ -15,7 +16,8 @@ import torch
 
 from skformer import BoxUniform, Simformer, pairplot
 
-OUT = Path(__file__).resolve().parent / "output"
+# sphinx-gallery runs the examples from this folder, without __file__
+OUT = (Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()) / "output"
 OUT.mkdir(exist_ok=True)
 
 # --- the tutorial, unchanged -----------------------------------------------------------------

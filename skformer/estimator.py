@@ -171,7 +171,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         Whether the validation loss settled before ``max_epochs``.
     n_features_in_ : int
         Number of columns of the joint vector.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Column names, when X was a DataFrame with string column names.
 
     See Also

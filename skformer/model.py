@@ -171,15 +171,29 @@ class SimformerModel(nn.Module):
                ) -> torch.Tensor:
         """``n`` joint samples per observation.
 
-        states : column states, bool of shape (columns,) (True = observed) or ``uint8`` of
-            shape (n_observations, columns) (:data:`~skformer.network.LATENT`, ``OBSERVED``,
-            ``MISSING``).
-        values : tensor of shape (n_observations, columns), data units: the observed entries
-            are read, the others ignored.
-        guide : constraints in standard units (see :mod:`skformer.guidance`), or None.
+        Parameters
+        ----------
+        states : tensor
+            Column states, bool of shape (columns,) (True = observed) or ``uint8`` of shape
+            (n_observations, columns) (``LATENT``, ``OBSERVED``, ``MISSING`` of
+            :mod:`skformer.network`).
+        values : tensor of shape (n_observations, columns)
+            Data units: the observed entries are read, the others ignored.
+        n : int
+            Samples per observation.
+        edges : tensor or None
+            Attention mask over columns.
+        steps : int
+        solver : str
+        generator : torch.Generator
+        guide : LinearConstraints or None
+            Constraints in standard units (see :mod:`skformer.guidance`).
 
-        Returns a float64 tensor of shape (n_observations, n, columns) in data units; observed
-        entries as given, missing ones 0 in standard units.
+        Returns
+        -------
+        tensor of shape (n_observations, n, columns)
+            float64, in data units; observed entries as given, missing ones 0 in standard
+            units.
         """
         states = self._states(states, values.shape[0])
         z = self._standard(states, values)
@@ -222,12 +236,22 @@ class SimformerModel(nn.Module):
         """Log density of each row's latent entries given its observed ones, by the
         probability-flow ODE (missing entries are marginalised: the network leaves them out).
 
-        states : as in :meth:`sample`, (columns,) or one row of states per row of values.
-        values : tensor of shape (n, columns), data units, latent and observed entries filled.
-        probes : None for the exact divergence, or Hutchinson probes of shape
-            (n_probes, columns) (see :func:`~skformer.dynamics.solvers.with_divergence`).
+        Parameters
+        ----------
+        states : tensor
+            As in :meth:`sample`, (columns,) or one row of states per row of values.
+        values : tensor of shape (n, columns)
+            Data units, latent and observed entries filled.
+        edges, steps, solver
+            As in :meth:`sample` (``solver``: an ODE solver).
+        probes : tensor of shape (n_probes, columns) or None
+            None for the exact divergence, or Hutchinson probes (see
+            :func:`~skformer.dynamics.solvers.with_divergence`).
 
-        Returns a float64 tensor of shape (n,), in the units of ``values``.
+        Returns
+        -------
+        tensor of shape (n,)
+            float64, in the units of ``values``.
         """
         states = self._states(states, values.shape[0])
         z = self._standard(states, values)
