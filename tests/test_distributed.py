@@ -111,7 +111,8 @@ def test_grid_search_over_a_local_dask_cluster_matches_a_local_search():
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=None) as cluster, Client(cluster) as client:
         worker_threads = client.run(torch.get_num_threads)
-        with joblib.parallel_config(backend="dask"):
+        with joblib.parallel_config(backend="dask"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the refit's short-training warning
             remote = GridSearchCV(est, grid, cv=2, n_jobs=2).fit(X)
     assert len(worker_threads) == 2 and set(worker_threads.values()) == {1}
     with warnings.catch_warnings():

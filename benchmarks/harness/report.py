@@ -4,6 +4,7 @@ C2ST against budget per task, time per method, and a statement of where skformer
 it does not, all computed from the rows (nothing hard-coded).
 
     python -m harness.report --csv results/harness.csv [more.csv ...] [--docs ../docs]
+    python -m harness.report --csv results/harness_14a.csv --print   # the table only, to stdout
 
 Several CSVs (e.g. from harness runs on the two cores side by side) are read as one.
 """
@@ -398,7 +399,13 @@ def main(argv=None) -> Path:
     ap = argparse.ArgumentParser(prog="python -m harness.report", description=__doc__)
     ap.add_argument("--csv", type=Path, nargs="+", default=[DEFAULT_OUT])
     ap.add_argument("--docs", type=Path, default=ROOT / "docs")
+    ap.add_argument("--print", action="store_true",
+                    help="print the table of every config (mean over observations or masks) to "
+                         "stdout and write nothing")
     args = ap.parse_args(argv)
+    if args.print:
+        print("\n".join(_table(summarise(load(args.csv)), show_config=True)))
+        return None
     md = write_report(args.csv, args.docs)
     print(f"wrote {md}")
     return md
