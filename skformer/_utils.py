@@ -110,6 +110,11 @@ def torch_threads(n: int | None) -> Iterator[None]:
 
 
 # ---------------------------------------------------------------------------------- seeding
+def int_seed(sequence: np.random.SeedSequence) -> int:
+    """A 63-bit int seed (what torch and numpy accept) drawn from a ``SeedSequence``."""
+    return int(sequence.generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
 def seed_from(random_state) -> int:
     """Draw a 63-bit seed from anything scikit-learn accepts as ``random_state``.
 
@@ -117,7 +122,7 @@ def seed_from(random_state) -> int:
     ``numpy.random.Generator`` is advanced by one draw.
     """
     if random_state is None:
-        return int(np.random.SeedSequence().generate_state(1, dtype=np.uint64)[0] >> 1)
+        return int_seed(np.random.SeedSequence())
     if isinstance(random_state, (int, np.integer)):
         return int(random_state)
     if isinstance(random_state, np.random.RandomState):
@@ -163,7 +168,7 @@ def fit_seeds(random_state) -> FitSeeds:
     """
     names = [f.name for f in fields(FitSeeds)]
     root = np.random.SeedSequence(seed_from(random_state))
-    seeds = [int(child.generate_state(1, dtype=np.uint64)[0] >> 1)
+    seeds = [int_seed(child)
              for child in root.spawn(len(names))]
     return FitSeeds(**dict(zip(names, seeds, strict=True)))
 

@@ -31,7 +31,7 @@ from scipy import stats
 from sklearn.model_selection import cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 
-from skformer._utils import seed_from
+from skformer._utils import int_seed, seed_from
 
 __all__ = ["sbc", "check_sbc", "coverage", "tarp", "draw_samples"]
 
@@ -97,7 +97,7 @@ def draw_samples(sampler, observed, n_samples: int, *, random_state=None,
     try:
         for k, start in enumerate(range(0, n_tests, per_call)):
             obs = observed[start:start + per_call]
-            seed = int(seeds[k].generate_state(1, np.uint64)[0] >> 1)
+            seed = int_seed(seeds[k])
             draws = None
             if batched:
                 try:
@@ -196,7 +196,7 @@ def sbc(conditional, latent, observed, n_samples: int = 1000, random_state=None,
     """
     latent, observed = _check_pairs(latent, observed)
     root = np.random.SeedSequence(seed_from(random_state))
-    sample_seed, tie_seed = (int(s.generate_state(1, np.uint64)[0] >> 1) for s in root.spawn(2))
+    sample_seed, tie_seed = (int_seed(s) for s in root.spawn(2))
     samples = _samples_of(conditional, latent, observed, n_samples, sample_seed, verbose, "SBC",
                           samples)
     return _ranks(samples, latent, np.random.default_rng(tie_seed))
@@ -376,7 +376,7 @@ def tarp(conditional, latent, observed, levels=None, n_samples: int = 1000, rand
     latent, observed = _check_pairs(latent, observed)
     levels = _levels(levels)
     root = np.random.SeedSequence(seed_from(random_state))
-    sample_seed, ref_seed = (int(s.generate_state(1, np.uint64)[0] >> 1) for s in root.spawn(2))
+    sample_seed, ref_seed = (int_seed(s) for s in root.spawn(2))
     samples = _samples_of(conditional, latent, observed, n_samples, sample_seed, verbose, "TARP",
                           samples)
     mean, std = latent.mean(axis=0), latent.std(axis=0)

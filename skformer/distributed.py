@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from skformer._utils import int_seed
+
 __all__ = ["Group", "current"]
 
 
@@ -34,8 +36,7 @@ class Group:
 
     def seed(self, seed: int) -> int:
         """A seed of this rank's own, derived from a seed shared by all ranks."""
-        state = np.random.SeedSequence([int(seed), self.rank]).generate_state(1, np.uint64)
-        return int(state[0] >> 1)
+        return int_seed(np.random.SeedSequence([int(seed), self.rank]))
 
     def share(self, rows: torch.Tensor) -> torch.Tensor:
         """This rank's equal share of ``rows`` (every rank the same count; a remainder of fewer

@@ -20,7 +20,7 @@ import joblib
 import numpy as np
 import torch
 
-from skformer._utils import seed_from, warn
+from skformer._utils import int_seed, seed_from, warn
 
 __all__ = ["simulate"]
 
@@ -159,7 +159,7 @@ def _draw(prior, n: int, seed: np.random.SeedSequence) -> np.ndarray:
     """n draws from ``prior`` as a float64 array of shape (n, n_theta)."""
     if hasattr(prior, "sample") and not callable(getattr(prior, "rvs", None)):
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(seed.generate_state(1, np.uint64)[0] >> 1))
+            torch.manual_seed(int_seed(seed))
             draws = prior.sample((n,))
     elif callable(getattr(prior, "rvs", None)):
         draws = prior.rvs(size=n, random_state=np.random.default_rng(seed))
@@ -190,7 +190,7 @@ def _call(simulator: Callable, theta: np.ndarray, seed: np.random.SeedSequence) 
     if _takes_rng(simulator):
         out = simulator(theta, rng=np.random.default_rng(seed))
     else:
-        seed_int = int(seed.generate_state(1, np.uint64)[0] >> 1)
+        seed_int = int_seed(seed)
         state = np.random.get_state()
         try:
             np.random.seed(seed_int % 2**32)
