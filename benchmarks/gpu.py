@@ -50,8 +50,10 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def steps_per_second(device: torch.device, batch: int, tokens: int, steps: int) -> dict:
+def steps_per_second(device: torch.device, batch: int, tokens: int, steps: int,
+                     graphs: bool = True, attention: str = "auto") -> dict:
     """The training loop's step on random data: masks, noise, loss, backward, AdamW, EMA."""
+    from skformer import network
     from skformer._utils import fit_seeds
     from skformer.dynamics import ScoreDynamics
     from skformer.layout import Layout
@@ -59,6 +61,7 @@ def steps_per_second(device: torch.device, batch: int, tokens: int, steps: int) 
     from skformer.network import MaskedTransformer
     from skformer.training import TrainConfig, train
 
+    network.ATTENTION = attention
     layout = Layout.from_spec(tokens)
     torch.manual_seed(0)
     net = MaskedTransformer(tokens, 64, 4, 4).to(device)
@@ -67,19 +70,20 @@ def steps_per_second(device: torch.device, batch: int, tokens: int, steps: int) 
     x = torch.randn(n_rows, tokens, device=device)
     # one epoch of `steps` batches, no validation: the loop's own cost; a first short run warms
     # up kernels and allocator
-    config = TrainConfig(max_epochs=1, batch_size=batch, learning_rate=1e-3)
-    train(net, ScoreDynamics(), x[: batch * 3], None, masks, masks, config, fit_seeds(0))
+    config = TrainConfig(max_epochs=1, batch_size=batch, learning_rate=1e-3, cuda_graphs=graphs)
+    train(net, ScoreDynamics(), x[: batch * 6], None, masks, masks, config, fit_seeds(0))
     sync(device)
     start = time.perf_counter()
     train(net, ScoreDynamics(), x, None, masks, masks, config, fit_seeds(1))
     sync(device)
     seconds = time.perf_counter() - start
     return {"part": "steps", "batch": batch, "tokens": tokens, "steps": steps,
+            "cuda_graphs": bool(graphs and device.type == "cuda"), "attention": attention,
             "ms_per_step": 1000 * seconds / steps, "steps_per_s": steps / seconds}
 
 
 def time_to_accuracy(device: torch.device, n_sims: int, observations: list[int],
-                     seed: int) -> dict:
+                     seed: int, options: dict | None = None) -> dict:
     from skformer import SimformerEstimator
 
     from harness.tasks import get_task
@@ -89,7 +93,7 @@ def time_to_accuracy(device: torch.device, n_sims: int, observations: list[int],
     theta, x = task.simulate(n_sims, seed)
     est = SimformerEstimator(variables=task.variables, posterior_latent=task.latent,
                              posterior_observed=task.observed, device=str(device),
-                             random_state=seed)
+                             random_state=seed, **(options or {}))
     X = task.joint(theta, x)
     sync(device)
     start = time.perf_counter()
@@ -103,9 +107,22 @@ def time_to_accuracy(device: torch.device, n_sims: int, observations: list[int],
         samples = est.posterior().sample(10_000, observed=task.observation(k), random_state=k)
         scores.append(c2st(samples, task.reference(k, 10_000), backend="torch"))
     return {"part": "accuracy", "task": "two_moons", "n_simulations": n_sims,
+            "options": options or {}, "learning_rate": est.learning_rate,
             "train_s": train_s, "epochs": est.n_iter_, "batch_size": est.batch_size_,
             "tokens": len(est.token_columns_), "c2st": float(np.mean(scores)),
             "c2st_per_observation": [float(s) for s in scores], "observations": observations}
+
+
+def _options(pairs: list[str]) -> dict:
+    """["batch_size=4096", "learning_rate=4e-3"] -> {"batch_size": 4096, ...}."""
+    out = {}
+    for pair in filter(None, pairs):
+        key, _, value = pair.partition("=")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def main() -> None:
@@ -118,6 +135,15 @@ def main() -> None:
     ap.add_argument("--simulations", type=int, default=100_000)
     ap.add_argument("--observations", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--graphs", choices=["on", "off"], nargs="+", default=["on"],
+                    help="steps part: with CUDA graphs, without, or both")
+    ap.add_argument("--attention", choices=["auto", "sdpa", "math"], nargs="+",
+                    default=["auto"], help="steps part: attention implementation(s)")
+    ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                    help="accuracy part: an estimator parameter (repeatable); several runs: "
+                         "separate sets with --variant")
+    ap.add_argument("--variant", action="append", default=[], metavar="K=V,K=V",
+                    help="accuracy part: one run per variant (estimator parameters)")
     args = ap.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -126,25 +152,33 @@ def main() -> None:
     if args.part in ("steps", "both"):
         for tokens in args.tokens:
             for batch in args.batch_sizes:
-                rows.append(steps_per_second(device, batch, tokens, args.steps))
-                print(json.dumps(rows[-1]), flush=True)
+                for graphs in args.graphs:
+                    for attention in args.attention:
+                        rows.append(steps_per_second(device, batch, tokens, args.steps,
+                                                     graphs == "on", attention))
+                        print(json.dumps(rows[-1]), flush=True)
     if args.part in ("accuracy", "both"):
-        rows.append(time_to_accuracy(device, args.simulations, args.observations, args.seed))
-        print(json.dumps(rows[-1]), flush=True)
+        variants = [_options(v.split(",")) for v in args.variant] or [_options(args.option)]
+        for options in variants:
+            rows.append(time_to_accuracy(device, args.simulations, args.observations,
+                                         args.seed, options))
+            print(json.dumps(rows[-1]), flush=True)
     machine = f"{card(device)}, torch {torch.__version__}"
     OUT.parent.mkdir(exist_ok=True)
     with open(OUT, "a") as fh:
         for row in rows:
             fh.write(json.dumps({**row, "device": str(device), "machine": machine}) + "\n")
     print(f"\n{machine}\n")
-    print("| batch | tokens | ms / step | steps / s |\n|---|---|---|---|")
+    print("| batch | tokens | CUDA graphs | attention | ms / step | steps / s |\n"
+          "|---|---|---|---|---|---|")
     for r in rows:
         if r["part"] == "steps":
-            print(f"| {r['batch']} | {r['tokens']} | {r['ms_per_step']:.2f} | "
-                  f"{r['steps_per_s']:.0f} |")
+            print(f"| {r['batch']} | {r['tokens']} | {r['cuda_graphs']} | "
+                  f"{r.get('attention', 'sdpa')} | "
+                  f"{r['ms_per_step']:.2f} | {r['steps_per_s']:.0f} |")
     for r in rows:
         if r["part"] == "accuracy":
-            print(f"\ntwo_moons, {r['n_simulations']:,} simulations: training "
+            print(f"\ntwo_moons, {r['n_simulations']:,} simulations, {r['options']}: training "
                   f"{r['train_s']:.1f} s ({r['epochs']} epochs, batch {r['batch_size']}, "
                   f"{r['tokens']} tokens), "
                   f"C2ST {r['c2st']:.3f} on observations {r['observations']}")

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MaskedTransformer", "LATENT", "OBSERVED", "MISSING"]
+__all__ = ["MaskedTransformer", "LATENT", "OBSERVED", "MISSING", "attention"]
 
 LATENT, OBSERVED, MISSING = 0, 1, 2
 """Column states, as ``uint8`` values of the ``observed`` argument (a bool tensor means only
@@ -38,6 +38,30 @@ class FourierTime(nn.Module):
         """t: tensor of shape (batch,) -> (batch, dim)."""
         angles = t[:, None] * self.freqs
         return self.mlp(torch.cat([angles.sin(), angles.cos()], dim=-1))
+
+
+ATTENTION = "auto"
+"""How attention is computed: "sdpa" (``F.scaled_dot_product_attention``), "math" (two matrix
+products and a softmax), or "auto": "math" on a GPU for at most :data:`SMALL_T` tokens, where
+the fused kernels pad every head's tiny attention matrix to their tile size
+(``benchmarks/gpu.py`` measures both), "sdpa" otherwise (faster on CPUs)."""
+
+SMALL_T = 32
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              mask: torch.Tensor | None) -> torch.Tensor:
+    """Multi-head attention of (batch, heads, tokens, dim) tensors under a bool mask
+    (True = may attend) broadcastable to (batch, heads, tokens, tokens)."""
+    kind = ATTENTION
+    if kind == "auto":
+        kind = "math" if q.is_cuda and q.shape[-2] <= SMALL_T else "sdpa"
+    if kind == "sdpa":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(-1) @ v
 
 
 class Block(nn.Module):
@@ -62,9 +86,7 @@ class Block(nn.Module):
         q, k, v = (
             self.qkv(self.norm1(h)).view(B, T, 3, self.n_heads, D // self.n_heads).unbind(dim=2)
         )
-        a = F.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=attn_mask
-        )
+        a = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask)
         h = h + self.proj(a.transpose(1, 2).reshape(B, T, D))
         return h + self.mlp(self.norm2(h))
 

@@ -44,6 +44,11 @@ class TrainConfig:
     """The validation set is repeated (each copy with its own masks and noise) to at least this
     many rows: a steadier score to stop on."""
     verbose: int = 0
+    cuda_graphs: bool = True
+    """On a CUDA device (single process), record the optimiser step (forward, backward,
+    clipping, AdamW) once as a CUDA graph and replay it: at these model sizes the eager step is
+    bound by Python and kernel launches, not by the card. Falls back to eager steps, with a
+    warning, if recording fails."""
 
 
 @dataclass
@@ -128,19 +133,30 @@ def train(
     shuffle_gen = make_generator(seeds.shuffle, device)
     noise_gen = make_generator(seeds.noise, device)
     ema = copy.deepcopy(network).requires_grad_(False)
-    opt = torch.optim.AdamW(network.parameters(), lr=config.learning_rate,
-                            weight_decay=config.weight_decay, fused=device.type == "cuda")
+    graphed = config.cuda_graphs and device.type == "cuda" and group is None
     forward = network if group is None else group.wrap(network, device)
     result = TrainResult(n_rows=x_train.shape[0])
     n = x_train.shape[0]
     bs = min(config.batch_size, n)
+
+    def draw(rows: torch.Tensor):
+        """One batch: clean rows, their column states and edges, noise levels and noise."""
+        x0 = x_train[rows]
+        observed, edges = masks(x0.shape[0])
+        if missing is not None:
+            observed = _states(observed, missing[rows])
+        sigma = dynamics.training_sigmas(x0.shape[0], noise_gen)
+        eps = torch.randn(x0.shape, generator=noise_gen, device=device)
+        return x0, observed, edges, sigma, eps
+
+    step_fn = _Step(forward, dynamics, config, graphed)
     steps_per_epoch = max(1, n // bs)  # drop the ragged tail: equal-size batches
     total = steps_per_epoch * config.max_epochs
     warmup = max(1, int(config.warmup_fraction * total))
 
     val = None
     if x_val is not None and x_val.shape[0] > 0:
-        val = _validation_set(dynamics, x_val, validation_masks, config.validation_rows,
+        val = _validation_set(dynamics, x_val, validation_masks, config,
                               make_generator(seeds.validation, device))
         result.untrained_score = _validate(dynamics, ema, val, bs, group)
     best_score, best_state, since_best = math.inf, None, 0
@@ -157,25 +173,13 @@ def train(
             perm = torch.randperm(n, generator=shuffle_gen, device=device)
             running = torch.zeros((), device=device)
             for b in range(steps_per_epoch):
-                rows = perm[b * bs : (b + 1) * bs]
-                x0 = x_train[rows]
-                observed, edges = masks(x0.shape[0])
-                if missing is not None:
-                    observed = _states(observed, missing[rows])
-                sigma = dynamics.training_sigmas(x0.shape[0], noise_gen)
-                eps = torch.randn(x0.shape, generator=noise_gen, device=device)
-                loss = dynamics.loss(forward, x0, observed, edges, sigma, eps).mean()
+                batch = draw(perm[b * bs : (b + 1) * bs])
+                loss = step_fn(batch, config.learning_rate * lr_factor(step, total, warmup))
                 if first_loss is None:
-                    first_loss = loss.detach()
-                for g in opt.param_groups:
-                    g["lr"] = config.learning_rate * lr_factor(step, total, warmup)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(network.parameters(), config.clip_norm)
-                opt.step()
+                    first_loss = loss.clone()
                 _ema_update(ema, network, min(config.ema_decay, (1 + step) / (10 + step)))
                 step += 1
-                running += loss.detach()
+                running += loss
             if group is not None:
                 running = group.mean(running)
                 if epoch == 0:
@@ -226,6 +230,91 @@ def train(
     return ema, result
 
 
+class _Step:
+    """One optimiser step on a batch: loss, backward, gradient clipping, AdamW; returns the
+    (detached) mean loss.
+
+    Eager, or (``graphed``, CUDA only) recorded as one CUDA graph after a few eager warm-up
+    steps on a side stream and replayed on static copies of each batch: the same arithmetic
+    without a Python dispatch and a kernel launch per operation. Learning rates reach the graph
+    through a device tensor. Every batch must have the same shapes (the loop's batches do).
+    """
+
+    WARMUP = 3
+
+    def __init__(self, forward, dynamics, config: TrainConfig, graphed: bool):
+        self.forward, self.dynamics, self.config = forward, dynamics, config
+        self.params = [p for p in forward.parameters() if p.requires_grad]
+        device = self.params[0].device
+        cuda = device.type == "cuda"
+        lr = (torch.tensor(float(config.learning_rate), dtype=torch.float32, device=device)
+              if graphed else config.learning_rate)
+        self.opt = torch.optim.AdamW(self.params, lr=lr, weight_decay=config.weight_decay,
+                                     fused=cuda, **({"capturable": True} if graphed else {}))
+        self.graphed, self.graph, self.calls = graphed, None, 0
+        self.static: tuple | None = None
+        self.static_loss: torch.Tensor | None = None
+
+    def _eager(self, batch, lr: float) -> torch.Tensor:
+        x0, observed, edges, sigma, eps = batch
+        loss = self.dynamics.loss(self.forward, x0, observed, edges, sigma, eps).mean()
+        for g in self.opt.param_groups:
+            if isinstance(g["lr"], torch.Tensor):
+                g["lr"].fill_(lr)
+            else:
+                g["lr"] = lr
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, self.config.clip_norm)
+        self.opt.step()
+        return loss.detach()
+
+    def __call__(self, batch, lr: float) -> torch.Tensor:
+        self.calls += 1
+        if not self.graphed:
+            return self._eager(batch, lr)
+        if self.graph is None and self.calls <= self.WARMUP:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                loss = self._eager(batch, lr)
+            torch.cuda.current_stream().wait_stream(side)
+            return loss
+        if self.graph is None:
+            try:
+                self._record(batch)
+            except Exception as err:  # noqa: BLE001 - any failure: train on, eagerly
+                import warnings
+
+                warnings.warn(f"recording the training step as a CUDA graph failed ({err!r}); "
+                              "training continues with eager steps.", RuntimeWarning,
+                              stacklevel=3)
+                self.graphed, self.graph = False, None
+                self.opt.zero_grad(set_to_none=True)
+                return self._eager(batch, lr)
+        for buf, value in zip(self.static, batch, strict=True):
+            if buf is not None:
+                buf.copy_(value)
+        for g in self.opt.param_groups:
+            g["lr"].fill_(lr)
+        self.graph.replay()
+        return self.static_loss.clone()
+
+    def _record(self, batch) -> None:
+        self.static = tuple(None if b is None else b.clone() for b in batch)
+        self.opt.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        torch.cuda.synchronize()
+        with torch.cuda.graph(graph):
+            x0, observed, edges, sigma, eps = self.static
+            loss = self.dynamics.loss(self.forward, x0, observed, edges, sigma, eps).mean()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.params, self.config.clip_norm)
+            self.opt.step()
+            self.static_loss = loss.detach()
+        self.graph = graph
+
+
 def _divergence(result: TrainResult, score: float, first_loss: float,
                 validated: bool) -> str | None:
     """Why the epoch just scored means training diverged, or None."""
@@ -254,10 +343,11 @@ def _states(observed: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
     return torch.where(missing, MISSING, observed.to(torch.uint8) * OBSERVED).to(torch.uint8)
 
 
-def _validation_set(dynamics, x_val, masks: Masks, rows: int, gen: torch.Generator):
-    """The validation rows, repeated to at least ``rows``, with fixed masks, noise levels and
-    noise, so that every epoch is scored on the same draws."""
-    x_val = x_val.repeat(max(1, -(-rows // x_val.shape[0])), 1)
+def _validation_set(dynamics, x_val, masks: Masks, config: TrainConfig,
+                    gen: torch.Generator):
+    """The validation rows, repeated to at least ``config.validation_rows``, with fixed masks,
+    noise levels and noise, so that every epoch is scored on the same draws."""
+    x_val = x_val.repeat(max(1, -(-config.validation_rows // x_val.shape[0])), 1)
     missing = _missing(x_val)
     x_val = x_val.nan_to_num(0.0)
     observed, edges = masks(x_val.shape[0])

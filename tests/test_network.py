@@ -386,3 +386,30 @@ def test_grouped_runs_on_device(device):
     out = net(torch.randn(3, 6, device=device), torch.zeros(3, device=device),
               torch.zeros(6, dtype=torch.bool, device=device))
     assert out.device == device and out.shape == (3, 6)
+
+
+def test_math_attention_equals_sdpa_under_a_mask():
+    """Both attention implementations (``network.ATTENTION``) give the same outputs, and
+    a fully masked-out key is ignored by both."""
+    import skformer.network as network
+    from skformer.network import attention
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 5, 8, generator=gen) for _ in range(3))
+    mask = (torch.rand(3, 1, 5, 5, generator=gen) < 0.6) | torch.eye(5, dtype=torch.bool)
+    before = network.ATTENTION
+    try:
+        outs = {}
+        for kind in ("sdpa", "math"):
+            network.ATTENTION = kind
+            outs[kind] = attention(q, k, v, mask)
+        torch.testing.assert_close(outs["math"], outs["sdpa"], atol=1e-5, rtol=1e-5)
+        network.ATTENTION = "math"
+        v2 = v.clone()
+        v2[..., 4, :] += 100.0  # token 4 hidden from everyone but itself
+        hide = mask.clone()
+        hide[..., :4, 4] = False
+        torch.testing.assert_close(attention(q, k, v, hide)[..., :4, :],
+                                   attention(q, k, v2, hide)[..., :4, :])
+    finally:
+        network.ATTENTION = before
