@@ -69,9 +69,20 @@ class TorchConditional:
         return arr.reshape(-1), device
 
     def sample(self, sample_shape=(1,), x=None, **kwargs) -> torch.Tensor:
-        """Samples of shape ``(*sample_shape, n_latent_columns)`` given observed ``x``."""
+        """Samples of shape ``(*sample_shape, n_latent_columns)`` given observed ``x``.
+
+        As in sbi, an ``x`` of shape (N, n_observed_columns) with N > 1 rows is a set of N
+        iid trials: the samples are drawn given all of them (``Conditional.sample(...,
+        iid=True)``; ``iid_method`` and ``prior`` pass through as keyword arguments).
+        """
         shape = (sample_shape,) if isinstance(sample_shape, int) else tuple(sample_shape)
         n = int(np.prod(shape)) if shape else 1
+        k = len(self.conditional.observed_columns)
+        if x is not None and getattr(x, "ndim", 0) == 2 and x.shape[0] > 1 and x.shape[1] == k:
+            device = x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
+            trials = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+            out = self.conditional.sample(n, trials, iid=True, **kwargs)
+            return torch.as_tensor(out, dtype=torch.float32).reshape(*shape, -1).to(device)
         obs, device = self._x(x)
         out = self.conditional.sample(n, obs, **kwargs)
         return torch.as_tensor(out, dtype=torch.float32).reshape(*shape, -1).to(device)

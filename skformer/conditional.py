@@ -226,6 +226,9 @@ class Conditional:
         steps: int | None = None,
         solver: str | None = None,
         constraints=None,
+        iid: bool = False,
+        prior=None,
+        iid_method: str = "gauss",
     ) -> np.ndarray:
         """Draw samples of the latent columns given observed values.
 
@@ -258,15 +261,53 @@ class Conditional:
             region (the gradient of a soft indicator of it, taken through the denoiser, is added
             to the score; Gloeckler et al. 2024, sec. 3.4) and samples still outside are
             rejected and redrawn, so every sample returned satisfies the constraints.
+        iid : bool, default=False
+            Take the rows of a 2-D ``observed`` as N independent trials of one experiment
+            (shape (N, n_observed)) and sample the latent columns given all of them,
+            p(latent | trial_1, ..., trial_N), from this model trained on single trials.
+            The single-trial scores are composed with the prior's (see
+            :mod:`skformer.dynamics.compose`); every network call then evaluates N + 1 rows
+            per sample. NaN in a trial leaves that entry out, which needs a model that saw the
+            column missing in training.
+        prior : torch.distributions.Distribution, optional
+            With ``iid``: the prior of the latent columns (data units, ``latent_columns``
+            order) when it is a known Gaussian: a Normal or MultivariateNormal (or an
+            Independent of one). Default: the model's own, the marginal of the latent columns
+            it learnt in training, which is also the only choice for bounded priors (a
+            uniform prior's exact edges do not match the learnt posteriors' and the mismatch
+            grows with N; see :mod:`skformer.dynamics.compose`).
+        iid_method : {"gauss", "fnpe"}, default="gauss"
+            With ``iid``: how scores compose. "gauss": Gaussian-corrected composition, exact
+            for Gaussian posteriors (precisions estimated from 256 draws per trial);
+            "fnpe": the plain sum of scores, exact only at noise level 0.
 
         Returns
         -------
         ndarray of shape (n_samples, n_latent), or (n_observations, n_samples, n_latent) for a
-        2-D ``observed``.
+        2-D ``observed`` (with ``iid``: (n_samples, n_latent)).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skformer import SimformerEstimator
+        >>> rng = np.random.default_rng(0)
+        >>> theta = rng.normal(size=(400, 1))
+        >>> X = np.hstack([theta, theta + 0.5 * rng.normal(size=(400, 1))])
+        >>> est = SimformerEstimator(max_epochs=2, d_model=16, n_layers=1,
+        ...                          posterior_latent=[0], posterior_observed=[1],
+        ...                          random_state=0).fit(X)
+        >>> trials = np.array([[0.9], [1.2], [1.0], [1.1]])
+        >>> est.posterior().sample(100, trials, iid=True, random_state=0).shape
+        (100, 1)
         """
         n_samples = _positive_int(n_samples, "n_samples")
         steps = _positive_int(self.sampling_steps if steps is None else steps, "steps")
         solver = self._solver(solver)
+        if iid:
+            return self._sample_iid(n_samples, observed, random_state, steps, solver,
+                                    constraints, prior, iid_method)
+        if prior is not None:
+            raise ValueError("prior is used only with iid=True.")
         obs, batched = self._observed(observed)
         m = self._model
         guide = None if constraints is None else parse_constraints(
@@ -278,6 +319,58 @@ class Conditional:
                      solver=solver, generator=gen, guide=guide)
         out = to_numpy(x[..., self._returned])
         return out if batched else out[0]
+
+    def _sample_iid(self, n_samples, observed, random_state, steps, solver, constraints,
+                    prior, iid_method) -> np.ndarray:
+        """:meth:`sample` with ``iid=True``."""
+        from skformer.dynamics.compose import IID_METHODS
+
+        if iid_method not in IID_METHODS:
+            raise ValueError(f"iid_method must be one of {IID_METHODS}; got {iid_method!r}.")
+        if constraints is not None:
+            raise ValueError("constraints are not available with iid=True.")
+        if not len(self.observed_columns):
+            raise ValueError("iid trials need observed columns: this conditional observes "
+                             "none.")
+        if observed is not None and np.size(observed) == 0:
+            raise ValueError("observed holds no trial (N = 0): iid=True needs at least one "
+                             f"row of the {len(self.observed_columns)} observed columns.")
+        obs, _ = self._observed(observed)
+        m = self._model
+        nan = torch.isnan(obs)
+        if bool(nan.all(1).any()):
+            raise ValueError(f"trials {nan.all(1).nonzero().flatten().tolist()} hold no value "
+                             "(all NaN): leave them out.")
+        cols = torch.as_tensor(self.observed_columns, device=m.device)
+        unlearnt = nan & ~m.missing_seen[cols]
+        if bool(unlearnt.any()):
+            names = sorted({self.observed_names[j] for j in unlearnt.nonzero()[:, 1].tolist()})
+            raise ValueError(
+                f"NaN in the trials' {names}, which this model never saw missing in training: "
+                "with iid=True an entry can only be left out by a model that learnt it "
+                "missing. Fill it, drop the trial, or fit on data with missing values."
+            )
+        if self._marginalised.size and prior is not None:
+            raise ValueError("prior= covers the returned latent columns only; this conditional "
+                             "also marginalises others: leave prior=None.")
+        states, rows = self._iid_rows(obs)
+        gen = make_generator(seed_from(random_state), m.device)
+        x = m.sample_iid(states, rows, n_samples, edges=self._edges, steps=steps,
+                         solver=solver, generator=gen, method=iid_method, prior=prior)
+        return to_numpy(x[:, self._returned])
+
+    def _iid_rows(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Trials (N, n_observed) -> their column states (uint8, NaN = ``MISSING``) and
+        full-width rows in data units."""
+        from skformer.network import LATENT, MISSING, OBSERVED
+
+        m = self._model
+        cols = torch.as_tensor(self.observed_columns, device=m.device)
+        rows = torch.zeros(obs.shape[0], m.n_columns, dtype=torch.float64, device=m.device)
+        rows[:, cols] = obs.nan_to_num(0.0)
+        states = torch.full(rows.shape, LATENT, dtype=torch.uint8, device=m.device)
+        states[:, cols] = torch.where(torch.isnan(obs), MISSING, OBSERVED).to(torch.uint8)
+        return states, rows
 
     # ------------------------------------------------------------------ densities
     def log_prob(
@@ -355,6 +448,7 @@ class Conditional:
         n_iter: int = 200,
         learning_rate: float = 0.01,
         random_state=None,
+        iid: bool = False,
     ) -> np.ndarray:
         """Maximum a posteriori estimate of the latent columns given one observation.
 
@@ -370,6 +464,11 @@ class Conditional:
         learning_rate : float
             Adam step size, in standardised units.
         random_state : int, RandomState, Generator or None
+        iid : bool, default=False
+            Take the rows of a 2-D ``observed`` as iid trials (see :meth:`sample`): the
+            ``n_init`` starts are drawn given all trials, the ``n_keep`` in the densest region
+            (a Gaussian kernel density of the starts; the composed model has no log density)
+            climb the composed score, and the climber in the densest region is returned.
 
         Returns
         -------
@@ -379,9 +478,12 @@ class Conditional:
                                   ((n_init, "n_init"), (n_keep, "n_keep"), (n_iter, "n_iter")))
         if not learning_rate > 0:
             raise ValueError(f"learning_rate must be positive; got {learning_rate!r}.")
+        if iid:
+            return self._map_iid(observed, n_init, n_keep, n_iter, learning_rate, random_state)
         obs, batched = self._observed(observed)
         if batched and obs.shape[0] != 1:
-            raise ValueError("map takes one observation, shape (n_observed,).")
+            raise ValueError("map takes one observation, shape (n_observed,); for a set of "
+                             "iid trials pass iid=True.")
         start = self.sample(n_init, observed, random_state=random_state)
         coarse = self.log_prob(start, observed, steps=8)
         best = start[np.argsort(coarse)[::-1][: min(n_keep, n_init)]]
@@ -392,3 +494,26 @@ class Conditional:
                                    learning_rate=learning_rate))
         final = self.log_prob(climbed, observed)
         return climbed[int(np.argmax(final))]
+
+    def _map_iid(self, trials, n_init, n_keep, n_iter, learning_rate, random_state
+                 ) -> np.ndarray:
+        """:meth:`map` with ``iid=True``."""
+        from scipy.stats import gaussian_kde
+
+        start = self.sample(n_init, trials, iid=True, random_state=random_state)
+        if len(self._marginalised):
+            raise ValueError("map with iid=True needs every latent column returned: this "
+                             f"conditional marginalises {self._marginalised.tolist()}.")
+        kde = gaussian_kde(start.T)
+        best = start[np.argsort(kde(start.T))[::-1][: min(n_keep, n_init)]]
+        obs, _ = self._observed(trials)
+        states, rows = self._iid_rows(obs)
+        m = self._model
+        gen = make_generator(seed_from(random_state), m.device)
+        denoise, _, _ = m.iid_denoiser(states, rows, edges=self._edges,
+                                       steps=self.sampling_steps, solver=self.solver,
+                                       generator=gen)
+        climbed = to_numpy(m.climb(states[:1], rows[:1], torch.as_tensor(best, device=m.device),
+                                   edges=self._edges, n_iter=n_iter,
+                                   learning_rate=learning_rate, denoise=denoise))
+        return climbed[int(np.argmax(kde(climbed.T)))]

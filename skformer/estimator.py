@@ -512,8 +512,10 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         self.batch_size_ = self._resolve_batch_size(x_train.shape[0], device)
         if group is not None:  # the same batch in all, split over the ranks
             self.batch_size_ = max(1, self.batch_size_ // group.world)
+        config = self._train_config()
+        model.marginal_fraction = config.marginal_fraction
         network, result = train(model.network, model.dynamics, x_train, x_val, masks,
-                                validation_masks, self._train_config(), seeds, group)
+                                validation_masks, config, seeds, group)
         model.network = network
         self.model_ = model.requires_grad_(False).eval()
         self._record(result)

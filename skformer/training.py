@@ -44,6 +44,11 @@ class TrainConfig:
     """The validation set is repeated (each copy with its own masks and noise) to at least this
     many rows: a steadier score to stop on."""
     verbose: int = 0
+    marginal_fraction: float = 0.1
+    """Share of training rows whose observed columns are left out (the ``MISSING`` state)
+    instead: those rows teach the network the marginal of their latent columns alone, e.g. the
+    prior of the parameters, which iid-trial sampling composes with (see
+    :mod:`skformer.dynamics.compose`)."""
     cuda_graphs: bool = True
     """On a CUDA device (single process), record the optimiser step (forward, backward,
     clipping, AdamW) once as a CUDA graph and replay it: at these model sizes the eager step is
@@ -143,8 +148,10 @@ def train(
         """One batch: clean rows, their column states and edges, noise levels and noise."""
         x0 = x_train[rows]
         observed, edges = masks(x0.shape[0])
-        if missing is not None:
-            observed = _states(observed, missing[rows])
+        left_out = _left_out(observed, None if missing is None else missing[rows],
+                             config.marginal_fraction, noise_gen)
+        if left_out is not None:
+            observed = _states(observed, left_out)
         sigma = dynamics.training_sigmas(x0.shape[0], noise_gen)
         eps = torch.randn(x0.shape, generator=noise_gen, device=device)
         return x0, observed, edges, sigma, eps
@@ -343,16 +350,28 @@ def _states(observed: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
     return torch.where(missing, MISSING, observed.to(torch.uint8) * OBSERVED).to(torch.uint8)
 
 
+def _left_out(observed: torch.Tensor, missing: torch.Tensor | None, fraction: float,
+              gen: torch.Generator) -> torch.Tensor | None:
+    """Entries the network must leave out: missing data, and in a ``fraction`` of the rows
+    (marginal rows) every observed entry; None when there are none."""
+    if fraction <= 0:
+        return missing
+    rows = torch.rand(observed.shape[0], generator=gen, device=observed.device) < fraction
+    marginal = observed & rows[:, None]
+    return marginal if missing is None else missing | marginal
+
+
 def _validation_set(dynamics, x_val, masks: Masks, config: TrainConfig,
                     gen: torch.Generator):
     """The validation rows, repeated to at least ``config.validation_rows``, with fixed masks,
-    noise levels and noise, so that every epoch is scored on the same draws."""
+    marginal rows, noise levels and noise, so that every epoch is scored on the same draws."""
     x_val = x_val.repeat(max(1, -(-config.validation_rows // x_val.shape[0])), 1)
     missing = _missing(x_val)
     x_val = x_val.nan_to_num(0.0)
     observed, edges = masks(x_val.shape[0])
-    if missing is not None:
-        observed = _states(observed, missing)
+    left_out = _left_out(observed, missing, config.marginal_fraction, gen)
+    if left_out is not None:
+        observed = _states(observed, left_out)
     sigma = dynamics.training_sigmas(x_val.shape[0], gen)
     eps = torch.randn(x_val.shape, generator=gen, device=x_val.device)
     return x_val, observed, edges, sigma, eps

@@ -18,6 +18,7 @@ LAYERS = {
     "skformer.model": 1,
     "skformer.network": 2, "skformer.dynamics": 2, "skformer.dynamics.base": 2,
     "skformer.dynamics.score": 2, "skformer.dynamics.flow": 2, "skformer.dynamics.solvers": 2,
+    "skformer.dynamics.compose": 2,
     "skformer.guidance": 2, "skformer.training": 2, "skformer.masks": 2, "skformer.layout": 2,
     "skformer.graph": 2, "skformer.distributed": 2,
     "skformer._utils": 3, "skformer._version": 3, "skformer._legacy": 3,
@@ -93,7 +94,8 @@ def test_scikit_learn_and_pandas_stay_at_the_top(module):
 
 @pytest.mark.parametrize("module", ["skformer.network", "skformer.dynamics.base",
                                     "skformer.dynamics.score", "skformer.dynamics.flow",
-                                    "skformer.dynamics.solvers", "skformer.training"])
+                                    "skformer.dynamics.solvers", "skformer.dynamics.compose",
+                                    "skformer.training"])
 def test_network_dynamics_and_loop_know_no_numpy(module):
     assert "numpy" not in {n.split(".")[0] for n in _imports(MODULES[module])}, module
 
