@@ -69,6 +69,12 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         each variable with its own p ~ U(0, 1)), a callable
         ``(numpy.random.Generator, n) -> (n, n_variables)`` bool array, a collection of masks
         (one drawn per row) or one fixed mask.
+    marginal_fraction : float in [0, 1), default=0.1
+        Share of training rows that leave their observed variables out (the network's
+        missing state), so that the network also learns the marginal of the latent ones, e.g.
+        the prior of the parameters: iid-trial sampling (``sample(..., iid=True)``) composes
+        with it. 0 trains on the condition masks alone (iid sampling then needs a known
+        Gaussian ``prior``).
     edge_masks : array-like, callable or None, default=None
         Training-time attention masks over variables (``[i, j]`` True: i attends to j): None for
         full attention, one matrix, a collection (one drawn per row), or a callable of the
@@ -221,6 +227,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         "device": [str, torch.device, HasMethods("type")],
         "random_state": ["random_state", np.random.Generator],
         "n_threads": [None, Interval(Integral, 1, None, closed="left")],
+        "marginal_fraction": [Interval(Real, 0, 1, closed="left")],
         "verbose": ["verbose"],
     }
 
@@ -232,6 +239,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         dynamics_options=None,
         variables=None,
         condition_masks="structured",
+        marginal_fraction=0.1,
         edge_masks=None,
         posterior_latent=None,
         posterior_observed=None,
@@ -259,6 +267,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         self.dynamics_options = dynamics_options
         self.variables = variables
         self.condition_masks = condition_masks
+        self.marginal_fraction = marginal_fraction
         self.edge_masks = edge_masks
         self.posterior_latent = posterior_latent
         self.posterior_observed = posterior_observed
@@ -578,6 +587,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
             max_epochs=self.max_epochs,
             batch_size=self.batch_size_,
             learning_rate=self.learning_rate,
+            marginal_fraction=float(self.marginal_fraction),
             early_stopping=self.early_stopping,
             n_iter_no_change=self.n_iter_no_change,
             tol=self.tol,
