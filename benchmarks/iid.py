@@ -102,11 +102,11 @@ def machine() -> str:
     return cpu
 
 
-def _done() -> set:
-    if not OUT.exists():
+def _done(out: Path) -> set:
+    if not out.exists():
         return set()
     keys = set()
-    for line in OUT.read_text().splitlines():
+    for line in out.read_text().splitlines():
         r = json.loads(line)
         keys.add((r["task"], r["method"], r["iid_method"], r["n_trials"], r["observation"]))
     return keys
@@ -115,7 +115,8 @@ def _done() -> set:
 def run(args) -> None:
     from metrics import c2st
 
-    done = _done()
+    out = Path(args.out)
+    done = _done(out)
     fnpe_trials = args.fnpe_trials or args.trials
     todo = [(N, k, m) for N in args.trials for k in args.observations
             for m in args.iid_methods or METHODS[args.method]
@@ -124,7 +125,12 @@ def run(args) -> None:
     if not todo:
         print("nothing to do")
         return
-    model, train_s, _ = fit(args.task, args.method, args.simulations, args.seed)
+    if args.model is not None:  # a skformer estimator saved with skformer.save
+        from skformer import load
+
+        model, train_s = load(args.model), args.train_seconds
+    else:
+        model, train_s, _ = fit(args.task, args.method, args.simulations, args.seed)
     print(f"{args.task} {args.method}: trained in {train_s:.0f} s", flush=True)
     began = time.perf_counter()
     for N, k, iid_method in todo:
@@ -152,13 +158,13 @@ def run(args) -> None:
                   "machine": f"{machine()}, torch {torch.__version__}, "
                              f"{torch.get_num_threads()} thread(s)"}
         print(json.dumps(record), flush=True)
-        OUT.parent.mkdir(exist_ok=True)
-        with open(OUT, "a") as fh:
+        out.parent.mkdir(exist_ok=True)
+        with open(out, "a") as fh:
             fh.write(json.dumps(record) + "\n")
 
 
-def report() -> None:
-    rows = [json.loads(line) for line in OUT.read_text().splitlines()]
+def report(out: Path) -> None:
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
     cells: dict = {}
     for r in rows:
         key = (r["task"], f"{r['method']} {r['iid_method']}", r["n_trials"])
@@ -204,10 +210,15 @@ def main() -> None:
                     help="trial counts for the fnpe methods (default: --trials)")
     ap.add_argument("--max-seconds", type=float, default=float("inf"),
                     help="start no new record after this many seconds of sampling")
+    ap.add_argument("--model", default=None,
+                    help="sample a saved skformer estimator (skformer.save) instead of fitting")
+    ap.add_argument("--train-seconds", type=float, default=float("nan"),
+                    help="with --model: its training time, for the records")
+    ap.add_argument("--out", default=str(OUT), help="records file (JSON lines)")
     ap.add_argument("--report", action="store_true")
     args = ap.parse_args()
     if args.report:
-        report()
+        report(Path(args.out))
     else:
         run(args)
 

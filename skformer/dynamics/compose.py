@@ -65,11 +65,17 @@ def precision_of(samples: torch.Tensor, ridge: float = 1e-6) -> torch.Tensor:
     return torch.linalg.inv(cov + ridge * scale[..., None, None] * eye)
 
 
-def _psd(m: torch.Tensor) -> torch.Tensor:
-    """Nearest positive semi-definite matrices (negative eigenvalues set to 0)."""
-    m = 0.5 * (m + m.mT)
-    vals, vecs = torch.linalg.eigh(m)
-    return (vecs * vals.clamp(min=0)[..., None, :]) @ vecs.mT
+def _information(trial: torch.Tensor, prior: torch.Tensor, floor: float) -> torch.Tensor:
+    """Each trial's information ``P_j - P_0``, kept positive semi-definite: in the prior's
+    whitened coordinates, eigenvalues below ``floor`` (negative ones, and estimation noise of
+    that relative size) are set to 0."""
+    vals0, vecs0 = torch.linalg.eigh(prior)
+    root = (vecs0 * vals0.clamp(min=1e-12).sqrt()[None, :]) @ vecs0.mT  # P_0^(1/2)
+    inv_root = (vecs0 * vals0.clamp(min=1e-12).rsqrt()[None, :]) @ vecs0.mT
+    white = inv_root @ (trial - prior) @ inv_root
+    vals, vecs = torch.linalg.eigh(0.5 * (white + white.mT))
+    vals = torch.where(vals > floor, vals, 0.0)
+    return root @ ((vecs * vals[..., None, :]) @ vecs.mT) @ root
 
 
 class Composition:
@@ -83,10 +89,14 @@ class Composition:
         Precisions of the single-trial posteriors (needed by "gauss").
     prior_precision : tensor of shape (d, d), optional
         Precision of the prior (needed by "gauss").
+    noise_floor : float, default=0.0
+        Information a trial adds below this share of the prior's precision (per whitened
+        direction) is taken as estimation noise and dropped: otherwise noise in directions the
+        trials do not inform adds up over the N trials.
     """
 
     def __init__(self, method: str, n_trials: int, trial_precisions: torch.Tensor | None = None,
-                 prior_precision: torch.Tensor | None = None):
+                 prior_precision: torch.Tensor | None = None, noise_floor: float = 0.0):
         if method not in IID_METHODS:
             raise ValueError(f"iid_method must be one of {IID_METHODS}; got {method!r}.")
         if n_trials < 1:
@@ -97,7 +107,8 @@ class Composition:
                 raise ValueError('iid_method="gauss" needs the trial and prior precisions.')
             p0 = 0.5 * (prior_precision + prior_precision.mT).to(torch.float64)
             self.prior_precision = p0
-            self.information = _psd(trial_precisions.to(torch.float64) - p0)  # L_j
+            self.information = _information(trial_precisions.to(torch.float64), p0,
+                                            noise_floor)  # L_j
 
     def _weights(self, sigma: float, device) -> torch.Tensor:
         """``Λ^-1 W_j`` for the trials and ``Λ^-1 W_0`` for the prior: (N + 1, d, d)."""
