@@ -170,8 +170,9 @@ def report(out: Path) -> None:
         key = (r["task"], f"{r['method']} {r['iid_method']}", r["n_trials"])
         cells.setdefault(key, []).append(r)
     trial_counts = sorted({r["n_trials"] for r in rows})
+    n_obs = len({r["observation"] for r in rows})
     print(f"| task | method | {' | '.join(f'N = {n}' for n in trial_counts)} | "
-          "train s | sample s (N = max) |")
+          "train s | sample s (largest N run) |")
     print(f"|---|---|{'---|' * len(trial_counts)}---|---|")
     for task in TASKS:
         methods = sorted({m for (t, m, _) in cells if t == task})
@@ -182,14 +183,19 @@ def report(out: Path) -> None:
                 c = [r["c2st"] for r in rs]
                 if not rs:
                     vals.append("")
-                elif any(math.isnan(v) for v in c):
-                    bad = sum(math.isnan(v) for v in c)
-                    vals.append(f"fails {bad}/{len(c)}")
                 else:
-                    vals.append(f"{np.mean(c):.3f}")
+                    good = [v for v in c if not math.isnan(v)]
+                    cell = f"{np.mean(good):.3f}" if good else ""
+                    if len(good) < len(c):
+                        cell = f"fails {len(c) - len(good)}/{len(c)}" + (f", {cell}" if cell
+                                                                          else "")
+                    if len(c) < n_obs:
+                        cell += f" (obs {sorted(r['observation'] for r in rs)})"
+                    vals.append(cell)
             last = [r for n in trial_counts for r in cells.get((task, m, n), [])]
             train = np.mean([r["train_s"] for r in last]) if last else math.nan
-            big = [r["sample_s"] for r in cells.get((task, m, trial_counts[-1]), [])]
+            largest = max(n for (t, mm, n) in cells if t == task and mm == m)
+            big = [r["sample_s"] for r in cells[(task, m, largest)]]
             print(f"| {task} | {m} | {' | '.join(vals)} | {train:.0f} | "
                   f"{np.mean(big) if big else math.nan:.1f} |")
     print(f"\n{rows[0]['machine']}; C2ST of {rows[0]['samples']} samples, mean over "

@@ -278,7 +278,8 @@ class Conditional:
             grows with N; see :mod:`skformer.dynamics.compose`).
         iid_method : {"gauss", "fnpe"}, default="gauss"
             With ``iid``: how scores compose. "gauss": Gaussian-corrected composition, exact
-            for Gaussian posteriors (precisions estimated from 256 draws per trial);
+            for Gaussian posteriors (precisions estimated from 1024 draws per trial and
+            4096 of the prior);
             "fnpe": the plain sum of scores, exact only at noise level 0.
 
         Returns
