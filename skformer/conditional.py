@@ -324,6 +324,16 @@ class Conditional:
     def _sample_iid(self, n_samples, observed, random_state, steps, solver, constraints,
                     prior, iid_method) -> np.ndarray:
         """:meth:`sample` with ``iid=True``."""
+        states, rows = self._iid_inputs(observed, constraints, prior, iid_method)
+        m = self._model
+        gen = make_generator(seed_from(random_state), m.device)
+        x = m.sample_iid(states, rows, n_samples, edges=self._edges, steps=steps,
+                         solver=solver, generator=gen, method=iid_method, prior=prior)
+        return to_numpy(x[:, self._returned])
+
+    def _iid_inputs(self, observed, constraints, prior, iid_method
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Validated trials -> their column states and full-width rows (:meth:`_iid_rows`)."""
         from skformer.dynamics.compose import IID_METHODS
 
         if iid_method not in IID_METHODS:
@@ -354,11 +364,7 @@ class Conditional:
         if self._marginalised.size and prior is not None:
             raise ValueError("prior= covers the returned latent columns only; this conditional "
                              "also marginalises others: leave prior=None.")
-        states, rows = self._iid_rows(obs)
-        gen = make_generator(seed_from(random_state), m.device)
-        x = m.sample_iid(states, rows, n_samples, edges=self._edges, steps=steps,
-                         solver=solver, generator=gen, method=iid_method, prior=prior)
-        return to_numpy(x[:, self._returned])
+        return self._iid_rows(obs)
 
     def _iid_rows(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Trials (N, n_observed) -> their column states (uint8, NaN = ``MISSING``) and
@@ -501,19 +507,21 @@ class Conditional:
         """:meth:`map` with ``iid=True``."""
         from scipy.stats import gaussian_kde
 
-        start = self.sample(n_init, trials, iid=True, random_state=random_state)
         if len(self._marginalised):
             raise ValueError("map with iid=True needs every latent column returned: this "
                              f"conditional marginalises {self._marginalised.tolist()}.")
-        kde = gaussian_kde(start.T)
-        best = start[np.argsort(kde(start.T))[::-1][: min(n_keep, n_init)]]
-        obs, _ = self._observed(trials)
-        states, rows = self._iid_rows(obs)
+        states, rows = self._iid_inputs(trials, None, None, "gauss")
         m = self._model
         gen = make_generator(seed_from(random_state), m.device)
-        denoise, _, _ = m.iid_denoiser(states, rows, edges=self._edges,
-                                       steps=self.sampling_steps, solver=self.solver,
-                                       generator=gen)
+        # one composed denoiser (its precisions estimated once) for the starts and the climb
+        denoise, latent_row, z = m.iid_denoiser(states, rows, edges=self._edges,
+                                                steps=self.sampling_steps, solver=self.solver,
+                                                generator=gen)
+        start = to_numpy(m.solve_composed(denoise, latent_row, z, n_init,
+                                          steps=self.sampling_steps, solver=self.solver,
+                                          generator=gen)[:, self._returned])
+        kde = gaussian_kde(start.T)
+        best = start[np.argsort(kde(start.T))[::-1][: min(n_keep, n_init)]]
         climbed = to_numpy(m.climb(states[:1], rows[:1], torch.as_tensor(best, device=m.device),
                                    edges=self._edges, n_iter=n_iter,
                                    learning_rate=learning_rate, denoise=denoise))

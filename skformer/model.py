@@ -288,15 +288,22 @@ class SimformerModel(nn.Module):
             states, values, edges=edges, steps=steps, solver=solver, generator=generator,
             method=method, prior=prior, n_estimate=n_estimate, pooled=pooled,
             noise_floor=noise_floor)
+        return self.solve_composed(denoise, latent_row, z, n, steps=steps, solver=solver,
+                                   generator=generator)
+
+    @torch.no_grad()
+    def solve_composed(self, denoise: Denoiser, latent_row: torch.Tensor, z: torch.Tensor,
+                       n: int, *, steps: int, solver: str, generator: torch.Generator
+                       ) -> torch.Tensor:
+        """``n`` samples (data units, (n, columns)) from :meth:`iid_denoiser`'s output."""
         grid = self.dynamics.time_grid(steps, self.device)
-        fixed = ~latent_row
-        chunk = max(1, self.rows_per_chunk() // (states.shape[0] + 1))
+        chunk = max(1, self.rows_per_chunk() // (z.shape[0] + 1))
         C = self.n_columns
         out = []
         for start in range(0, n, chunk):
             k = min(chunk, n - start)
             x0 = torch.where(latent_row, self.dynamics.prior_sample((k, C), generator), z[0])
-            out.append(solve(denoise, x0, grid, solver, generator, fixed))
+            out.append(solve(denoise, x0, grid, solver, generator, ~latent_row))
         return self.standardiser.inverse(torch.cat(out))
 
     @torch.no_grad()
