@@ -253,11 +253,13 @@ class _Step:
         self.forward, self.dynamics, self.config = forward, dynamics, config
         self.params = [p for p in forward.parameters() if p.requires_grad]
         device = self.params[0].device
-        cuda = device.type == "cuda"
         lr = (torch.tensor(float(config.learning_rate), dtype=torch.float32, device=device)
               if graphed else config.learning_rate)
+        # one fused kernel for the whole update (CPU and CUDA): on a CPU thread 4-5x cheaper
+        # than the per-tensor loop, about 4 ms less per step (benchmarks/cpu_profile.py)
+        fused = device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in self.params)
         self.opt = torch.optim.AdamW(self.params, lr=lr, weight_decay=config.weight_decay,
-                                     fused=cuda, **({"capturable": True} if graphed else {}))
+                                     fused=fused, **({"capturable": True} if graphed else {}))
         self.graphed, self.graph, self.calls = graphed, None, 0
         self.static: tuple | None = None
         self.static_loss: torch.Tensor | None = None

@@ -276,3 +276,37 @@ def test_training_budget_records_each_variant_and_its_solver_steps(tmp_path, mon
     assert all(0.5 <= r["c2st"] < 0.9 for r in recs)
     assert training_budget.solver_steps("epochs400_steps100") == 100
     assert training_budget.solver_steps("epochs400") is None
+
+
+def test_also_steps_scores_the_same_fit_with_other_solver_steps(tmp_path):
+    out = tmp_path / "steps.csv"
+    main(["--quick", "--methods", "skformer_score", "--also-steps", "5", "--out", str(out)])
+    rows = _rows(out)
+    assert [(r["config"], r["network_calls"]) for r in rows] == [
+        ("quick", "20"), ("quick+sampling_steps=5", "5")]
+    assert rows[0]["train_s"] == rows[1]["train_s"] and rows[1]["status"] == "ok"
+    assert rows[0]["c2st"] != rows[1]["c2st"]  # sampled again, not copied
+    main(["--quick", "--methods", "skformer_score", "--also-steps", "5", "--out", str(out)])
+    assert len(_rows(out)) == 2  # resumable like the default rows
+
+
+def test_report_gives_training_time_as_a_multiple_of_npe_per_budget(quick_csv, tmp_path):
+    from harness.report import write_report
+
+    rows = [r for r in _rows(quick_csv) if r["method"] in ("skformer_score", "npe")]
+    made = []
+    for budget, (sk_s, npe_s) in {"1000": ("30", "10"), "10000": ("50", "20")}.items():
+        for r in rows:
+            made.append({**r, "config": "default", "budget": budget, "status": "ok",
+                         "c2st": "0.6", "train_s": sk_s if r["method"] != "npe" else npe_s})
+    path = tmp_path / "r.csv"
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=COLUMNS)
+        w.writeheader()
+        w.writerows(made)
+    text = write_report(path, tmp_path / "docs").read_text()
+    assert text.index("### 10,000 simulations") < text.index("### 1,000 simulations")
+    assert "| train s | train × NPE |" in text
+    assert "| seed | posterior | 10,000 | skformer_score | 1 | 0.600 | - | 50.0 | 2.5x |" in text
+    assert "| seed | posterior | 1,000 | skformer_score | 1 | 0.600 | - | 30.0 | 3.0x |" in text
+    assert "| seed | posterior | 1,000 | npe | 1 | 0.600 | - | 10.0 | 1.0x |" in text

@@ -178,13 +178,28 @@ def test_observed_entries_carry_no_loss_and_pass_through(dynamics):
 
 
 def test_training_noise_levels():
-    """VE: log sigma ~ N(p_mean, p_std^2); flow: t = sigma / (1 + sigma) ~ U(0, 1); VP: the
-    schedule between t_eps and 1. Kolmogorov-Smirnov p-values over 20,000 draws."""
+    """VE: log sigma ~ N(p_mean, p_std^2); flow: logit(t) ~ N(p_mean, p_std^2) with a share
+    of uniform t = sigma / (1 + sigma) (default), or all uniform; VP: the schedule between
+    t_eps and 1. Kolmogorov-Smirnov p-values over 20,000 draws."""
     score = ScoreDynamics("ve", p_mean=-1.2, p_std=1.4)
     log_sigma = torch.log(score.training_sigmas(20_000, _gen(4))).numpy()
     assert stats.kstest(log_sigma, stats.norm(-1.2, 1.4).cdf).pvalue > 1e-3
-    sigma = FlowDynamics().training_sigmas(20_000, _gen(5))
+    sigma = FlowDynamics(time_sampling="uniform").training_sigmas(20_000, _gen(5))
     assert stats.kstest((sigma / (1 + sigma)).numpy(), stats.uniform().cdf).pvalue > 1e-3
+    flow = FlowDynamics()
+    assert (flow.time_sampling, flow.uniform_fraction) == ("logit-normal", 0.25)
+    t = (lambda s: (s / (1 + s)).numpy())(flow.training_sigmas(20_000, _gen(8)))
+    normal = stats.norm(-1.2, 1.4)
+
+    def mixture_cdf(v):
+        return 0.25 * v + 0.75 * normal.cdf(np.log(v) - np.log1p(-v))
+
+    assert stats.kstest(t, mixture_cdf).pvalue > 1e-3
+    assert stats.kstest(np.log(t) - np.log1p(-t), normal.cdf).pvalue < 1e-6  # not LN alone
+    pure = FlowDynamics(uniform_fraction=0).training_sigmas(20_000, _gen(9))
+    assert stats.kstest(torch.log(pure).numpy(), normal.cdf).pvalue > 1e-3
+    with pytest.raises(ValueError, match="uniform_fraction"):
+        FlowDynamics(uniform_fraction=1.5)
     vp = ScoreDynamics("vp")
     s = vp.training_sigmas(20_000, _gen(6))
     lo = float(vp._vp_sigma(torch.tensor(vp.t_eps, dtype=torch.float64)))

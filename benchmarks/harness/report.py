@@ -96,7 +96,19 @@ def summarise(df):
             r[col] = vals.mean() if len(vals) else np.nan
             r[col + "_std"] = vals.std(ddof=0) if len(vals) > 1 else np.nan
         rows.append(r)
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    if len(out):
+        out["train_x_npe"] = _npe_multiple(out)
+    return out
+
+
+def _npe_multiple(s):
+    """Training time as a multiple of NPE's in the same task / target / budget (NPE's default
+    config; NaN where NPE has no row there)."""
+    npe = s[(s["method"] == "npe") & (s["config"] == "default")]
+    base = {(r["task"], r["target"], r["budget"]): r["train_s"] for _, r in npe.iterrows()}
+    return [r["train_s"] / base[k] if (k := (r["task"], r["target"], r["budget"])) in base
+            and base[k] > 0 else np.nan for _, r in s.iterrows()]
 
 
 def _pm(mean, std, digits=3) -> str:
@@ -113,7 +125,7 @@ def _num(v, fmt="{:.1f}") -> str:
 
 def _table(s, show_config: bool) -> list[str]:
     head = ["task", "target", *(["config"] if show_config else []), "budget", "method", "obs ok",
-            "C2ST (MLP)", "C2ST (RF)", "train s", "10k samples s", "log_prob 1k s",
+            "C2ST (MLP)", "C2ST (RF)", "train s", "train × NPE", "10k samples s", "log_prob 1k s",
             "log_prob MAE (nats)", "calls / sample", "epochs", "peak RSS MB", "not ok"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in s.iterrows():
@@ -125,7 +137,8 @@ def _table(s, show_config: bool) -> list[str]:
         cells = [r["task"], r["target"], *([r["config"]] if show_config else []),
                  f"{int(r['budget']):,}", r["method"], str(r["n_ok"]),
                  _pm(r["c2st"], r["c2st_std"]), _pm(r["c2st_rf"], r["c2st_rf_std"]),
-                 _num(r["train_s"]), _num(r["sample_10k_s"], "{:.2f}"),
+                 _num(r["train_s"]), _num(r.get("train_x_npe", np.nan), "{:.1f}x"),
+                 _num(r["sample_10k_s"], "{:.2f}"),
                  _num(r["log_prob_1k_s"], "{:.2f}"), _num(r["log_prob_mae"], "{:.2f}"),
                  _num(r["network_calls"], "{:.0f}"), _num(r["epochs"], "{:.0f}"),
                  _num(r["peak_rss_mb"], "{:.0f}"), ", ".join(notok) or "-"]
@@ -324,6 +337,16 @@ def _plots(df, s, metric: str, docs: Path) -> tuple[str, str]:
     return c2st_png.name, time_png.name
 
 
+def _tables_by_budget(s) -> list[str]:
+    """One results table per simulation budget, the largest first (all with a config column
+    when the report holds several configs)."""
+    lines, show_config = [], s["config"].nunique() > 1
+    for budget in sorted(set(s["budget"]), reverse=True):
+        lines += [f"### {int(budget):,} simulations", "",
+                  *_table(s[s["budget"] == budget], show_config), ""]
+    return lines
+
+
 def write_report(csv_path=DEFAULT_OUT, docs=ROOT / "docs") -> Path:
     """Write ``docs/benchmarks.md`` and its two plots from the harness CSV; return the path."""
     paths, docs = _paths(csv_path), Path(docs)
@@ -375,12 +398,12 @@ def write_report(csv_path=DEFAULT_OUT, docs=ROOT / "docs") -> Path:
         "samples (first observation of each model) and, where the density is known exactly, "
         "its mean absolute error; **calls / sample**: network evaluations per sample (sbi's "
         "vector-field methods counted with a hook, NPE one flow pass); **peak RSS**: peak "
-        "resident memory of the process while training and sampling that model.",
+        "resident memory of the process while training and sampling that model; **train × NPE**: "
+        "training time as a multiple of NPE's (default config) in the same task and budget.",
         "",
         "## Results",
         "",
-        *_table(s, show_config=s["config"].nunique() > 1),
-        "",
+        *_tables_by_budget(s),
         f"![C2ST against simulation budget]({c2st_png})",
         "",
         f"![time per method]({time_png})",

@@ -153,6 +153,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--no-split", action="store_true",
                     help="declare no posterior split to skformer (its default masks then serve "
                          "every conditional alike)")
+    ap.add_argument("--also-steps", type=int, nargs="+", default=[], metavar="N",
+                    help="skformer methods: also sample each fitted model with N solver steps "
+                         "(rows with config +sampling_steps=N, same training)")
     ap.add_argument("--device", default=None,
                     help="torch device for every method; default cuda when present, else cpu")
     ap.add_argument("--threads", type=int, default=None,
@@ -334,6 +337,35 @@ def _score_row(runner, trained, task, target, k, args, seed, want_log_prob) -> d
     return row
 
 
+def _other_steps(trained, runner, task, pending, args, seed, base, config, record,
+                 done) -> None:
+    """Score the same fitted skformer model with other solver step counts (``--also-steps``):
+    rows of config ``<config>+sampling_steps=N``, the training columns copied."""
+    est = trained.model
+    default = est.sampling_steps
+    try:
+        for steps in args.also_steps:
+            cfg = f"{config}+sampling_steps={steps}"
+            est.set_params(sampling_steps=steps)
+            base["config"] = cfg
+            for t, k in pending:
+                if tuple(str(v) for v in (base["task"], t, base["budget"], base["method"], k,
+                                          seed, cfg)) in done:
+                    continue
+                try:
+                    fields = _score_row(runner, trained, task, t, k, args, seed, False)
+                    fields["status"] = "ok"
+                except Exception as err:
+                    traceback.print_exc()
+                    fields = dict(status="failed", error=_error(err))
+                rss, gpu = _peak_memory()
+                record(t, k, train_s=trained.train_s, epochs=trained.epochs, peak_rss_mb=rss,
+                       peak_gpu_mb=gpu, **fields)
+    finally:
+        est.set_params(sampling_steps=default)
+        base["config"] = config
+
+
 # --------------------------------------------------------------------------- the run
 def run(args: argparse.Namespace) -> Path:
     threads = torch.get_num_threads()
@@ -418,6 +450,9 @@ def _run(args: argparse.Namespace) -> Path:
                         rss, gpu = _peak_memory()
                         record(t, k, train_s=trained.train_s, epochs=trained.epochs,
                                peak_rss_mb=rss, peak_gpu_mb=gpu, **fields)
+                    if args.also_steps and method.startswith("skformer"):
+                        _other_steps(trained, runner, task, pending, args, seed, base, config,
+                                     record, done)
                     del trained
     if args.report:
         from harness.report import write_report
