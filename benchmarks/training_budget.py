@@ -11,6 +11,8 @@ fitted model with more solver steps than the default 20)?
     python training_budget.py --task slcp --variants epochs100 epochs400 --observations 1
     python training_budget.py --task two_moons --method flow --observations 1 2 3 \
         --variants epochs400 epochs400_steps50 epochs400_steps100
+    python training_budget.py --task seed --method flow --budget 500 --samples 500 \
+        --variants tiny30 tiny30_uniform tiny30_logitnormal tiny30_uniform10 tiny30_uniform50
 
 Writes (appends) ``results/training_budget.json``: one record per task / variant / observation,
 with the training time, epochs run, the best epoch and whether early stopping ended training.
@@ -41,6 +43,17 @@ VARIANTS = {
     "epochs400_steps50": {"max_epochs": 400},
     "epochs400_steps100": {"max_epochs": 400},
     "batch128_epochs400": {"batch_size": 128, "max_epochs": 400},
+    # flow's training times on a tiny, briefly trained model (--method flow --task seed
+    # --budget 500): the default (logit-normal with 25 % uniform), all uniform, no uniform share
+    "tiny30": {"d_model": 16, "n_layers": 1, "max_epochs": 30},
+    "tiny30_uniform": {"d_model": 16, "n_layers": 1, "max_epochs": 30,
+                       "dynamics_options": {"time_sampling": "uniform"}},
+    "tiny30_logitnormal": {"d_model": 16, "n_layers": 1, "max_epochs": 30,
+                           "dynamics_options": {"uniform_fraction": 0.0}},
+    "tiny30_uniform10": {"d_model": 16, "n_layers": 1, "max_epochs": 30,
+                         "dynamics_options": {"uniform_fraction": 0.1}},
+    "tiny30_uniform50": {"d_model": 16, "n_layers": 1, "max_epochs": 30,
+                         "dynamics_options": {"uniform_fraction": 0.5}},
 }
 
 
@@ -87,7 +100,8 @@ def main(argv=None):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", default="two_moons")
     ap.add_argument("--method", default="score", choices=["score", "flow"])
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS),
+                    default=[v for v in VARIANTS if not v.startswith("tiny")])
     ap.add_argument("--observations", nargs="+", type=int, default=[1])
     ap.add_argument("--budget", type=int, default=10_000)
     ap.add_argument("--samples", type=int, default=10_000)

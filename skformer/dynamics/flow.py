@@ -10,8 +10,8 @@ noise levels where a posterior's fine structure is learnt: on two_moons and gaus
 10,000 simulations uniform times left flow 0.06-0.08 C2ST behind the score method (see
 docs/benchmarks.md). The uniform share keeps the high noise levels, where sampling starts,
 learnt: unlike the score method's denoiser, an untrained velocity does not fall back to the
-data mean there, and a short training of a tiny model without that share scored C2ST 0.94
-against 0.71 with it (``benchmarks/training_budget.py``, seed task, 500 simulations).
+data mean there, and a short training of a tiny model without that share scored C2ST 0.85
+against 0.69 with it (``benchmarks/training_budget.py``, variants ``tiny30*``; docs/speed.md).
 
 In variance-exploding form the path is ``x = x_t / (1 - t) = x0 + sigma eps`` with
 ``sigma = t / (1 - t)``, and the velocity gives the denoiser ``D = x_t - t v``; in the paper
