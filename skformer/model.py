@@ -29,11 +29,11 @@ from skformer.network import LATENT, MISSING, OBSERVED, MaskedTransformer
 __all__ = ["Standardiser", "SimformerModel", "MAX_ARCHITECTURE"]
 
 MAX_ARCHITECTURE = {"d_model": 16_384, "n_layers": 1_024, "n_heads": 1_024}
+"""Largest network a description may ask for (checked before anything is allocated)."""
 
 CPU_CHUNK_ROWS = 512
 """Most rows per network call on a CPU when sampling and scoring (see
 ``SimformerModel.rows_per_chunk``)."""
-"""Largest network a description may ask for (checked before anything is allocated)."""
 
 
 class Standardiser(nn.Module):
@@ -142,8 +142,8 @@ class SimformerModel(nn.Module):
     def rows_per_chunk(self) -> int:
         """Rows per network call: on a GPU as many as keep attention activations to a few
         hundred MB; on a CPU at most :data:`CPU_CHUNK_ROWS`, whose activations stay in the
-        core's caches (``benchmarks/cpu_profile.py``: 1.7-2x less time per row than chunks of
-        thousands of rows)."""
+        core's caches (``benchmarks/cpu_profile.py``: 10,000 samples of a 4-token model in
+        6.4 s instead of 8.7 s with chunks of 16,384 rows; no change at 20 tokens)."""
         T = getattr(self.network, "n_token_slots", self.n_columns)
         rows = max(64, int(2**22 // (T * max(T, 64))))
         return min(rows, CPU_CHUNK_ROWS) if self.device.type == "cpu" else rows
