@@ -15,19 +15,21 @@ TORCH_SPEC ?= torch==2.13.0
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH_SPEC)" || $(PY) -m pip install --quiet "torch>=2.2,<3"
-	$(PY) -m pip install --quiet -e ".[test,plot]"
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)" || $(PY) -m pip install -q "torch>=2.2,<3"
+	$(PY) -m pip install -q -e ".[test,plot]"
 	touch $@
 
 quickstart: $(VENV)/.installed
 	$(PY) examples/quickstart.py
 
+# one test process per core (pytest-xdist), one torch thread each (tests/conftest.py)
+TEST_WORKERS ?= auto
 test: $(VENV)/.installed
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 $(VENV)/.docs-installed: $(VENV)/.installed pyproject.toml
-	$(PY) -m pip install --quiet -e ".[docs]"
+	$(PY) -m pip install -q -e ".[docs]"
 	touch $@
 
 # warnings are errors; every example in examples/ but the two long ones runs during the build
