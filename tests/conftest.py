@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -47,6 +49,10 @@ def _parse_device(spec: str) -> torch.device:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: a slow test (deselect with -m 'not slow').")
     config.stash[_DEVICE_KEY] = _parse_device(config.getoption("--device"))
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # parallel workers (make test: one per core) share the cores: one thread each, or
+        # torch's threads oversubscribe them many times over
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
