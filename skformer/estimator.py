@@ -57,6 +57,11 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         Further constructor arguments of the dynamics (every constant of a method is one: see
         :class:`~skformer.dynamics.ScoreDynamics` and :class:`~skformer.dynamics.FlowDynamics`),
         e.g. ``{"p_mean": -1.0}``; unknown names raise a ValueError in ``fit``.
+    training_options : dict or None, default=None
+        Constants of the training loop that no other parameter sets (see
+        :class:`~skformer.training.TrainConfig`): ``ema_decay``, ``warmup_fraction``,
+        ``weight_decay``, ``clip_norm``, ``validation_rows``, ``cuda_graphs``, e.g.
+        ``{"ema_decay": 0.999}``; unknown names raise a ValueError in ``fit``.
     variables : list of int, list of lists of int, dict or None, default=None
         How 2-D columns group into variables, the units that masks address: sizes of consecutive
         groups (``[3, 3]``), lists of column indexes, or ``{name: columns}``. None: one variable
@@ -203,6 +208,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         "method": [StrOptions(set(METHODS))],
         "sde": [StrOptions({"ve", "vp"})],
         "dynamics_options": [None, dict],
+        "training_options": [None, dict],
         "variables": [None, list, tuple, dict],
         "condition_masks": [StrOptions(set(CONDITION_MASK_NAMES)), callable, "array-like", set],
         "edge_masks": [None, callable, "array-like", DAG],
@@ -237,6 +243,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         method="score",
         sde="ve",
         dynamics_options=None,
+        training_options=None,
         variables=None,
         condition_masks="structured",
         marginal_fraction=0.1,
@@ -265,6 +272,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         self.method = method
         self.sde = sde
         self.dynamics_options = dynamics_options
+        self.training_options = training_options
         self.variables = variables
         self.condition_masks = condition_masks
         self.marginal_fraction = marginal_fraction
@@ -583,7 +591,14 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         return int(self.batch_size)
 
     def _train_config(self) -> TrainConfig:
-        return TrainConfig(
+        options = dict(self.training_options or {})
+        allowed = TrainConfig.options()
+        unknown = sorted(set(map(str, options)) - set(allowed))
+        if unknown:
+            raise ValueError(f"training_options does not take {unknown}; it takes "
+                             f"{sorted(allowed)} (the other settings are parameters).")
+        config = TrainConfig(
+            **options,
             max_epochs=self.max_epochs,
             batch_size=self.batch_size_,
             learning_rate=self.learning_rate,
@@ -593,6 +608,8 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
             tol=self.tol,
             verbose=self.verbose,
         )
+        config.check()
+        return config
 
     def _record(self, result: TrainResult) -> None:
         self.n_training_rows_ = result.n_rows

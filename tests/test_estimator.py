@@ -264,6 +264,9 @@ def test_bad_X(X, match):
         (dict(posterior_latent=[5]), "outside"),
         (dict(learning_rate=-1.0), "learning_rate"),
         (dict(device="tpu"), "device"),
+        (dict(training_options={"max_epochs": 3}), "training_options does not take"),
+        (dict(training_options={"ema_decay": 1.5}), "ema_decay"),
+        (dict(training_options={"validation_rows": 0}), "validation_rows"),
     ],
 )
 def test_bad_parameters(params, match):

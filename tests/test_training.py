@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from skformer._utils import fit_seeds
-from skformer.training import TrainConfig, lr_factor, train
+from skformer.training import EMA_EPOCHS, TrainConfig, ema_decay, lr_factor, train
 
 
 class Scalar(torch.nn.Module):
@@ -85,6 +85,26 @@ def test_learning_rate_schedule():
     assert lr_factor(10, 100, 10) == pytest.approx(1.0)
     assert lr_factor(55, 100, 10) == pytest.approx(0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi / 2)))
     assert lr_factor(100, 100, 10) == pytest.approx(0.05)
+
+
+def test_auto_moving_average_spans_a_fixed_number_of_epochs(monkeypatch):
+    """"auto": a time constant of EMA_EPOCHS epochs of steps, whatever the epoch's length,
+    at most 0.999; a number is used as given; the loop averages with it once warmed up."""
+    for steps in (4, 17, 70):
+        assert 1 / (1 - ema_decay("auto", steps)) == pytest.approx(EMA_EPOCHS * steps)
+    assert ema_decay("auto", 10_000) == 0.999
+    assert ema_decay(0.9, 17) == 0.9
+    import skformer.training as training
+
+    seen = []
+    real = training._ema_update
+    monkeypatch.setattr(training, "_ema_update",
+                        lambda ema, net, decay: seen.append(decay) or real(ema, net, decay))
+    cfg = TrainConfig(max_epochs=40, batch_size=4, learning_rate=0.05, ema_decay="auto",
+                      early_stopping=False)
+    train(Scalar(), ToyDynamics(), torch.ones(64, 2), None, masks, masks, cfg, fit_seeds(0))
+    assert len(seen) == 40 * 16 and seen[0] == pytest.approx(0.1)  # warm-up: (1 + s)/(10 + s)
+    assert seen[-1] == pytest.approx(ema_decay("auto", 16))
 
 
 def test_masks_are_asked_for_each_batch():
