@@ -310,3 +310,41 @@ def test_report_gives_training_time_as_a_multiple_of_npe_per_budget(quick_csv, t
     assert "| seed | posterior | 10,000 | skformer_score | 1 | 0.600 | - | 50.0 | 2.5x |" in text
     assert "| seed | posterior | 1,000 | skformer_score | 1 | 0.600 | - | 30.0 | 3.0x |" in text
     assert "| seed | posterior | 1,000 | npe | 1 | 0.600 | - | 10.0 | 1.0x |" in text
+
+
+def test_screen_report_compares_with_the_npe_fit_nearest_in_time_and_the_reference(tmp_path):
+    """benchmarks/screen.py: per candidate and task, the mean C2ST over the screened
+    observations, the multiple of the NPE fit of the same day and the change against the
+    reference run; observations outside the screen are left out."""
+    import screen
+
+    def row(method, task, obs, c2st, train_s, when, config="default"):
+        return {**dict.fromkeys(COLUMNS, ""), "task": task, "target": "posterior",
+                "budget": 10000, "method": method, "observation": obs, "seed": 0,
+                "config": config, "status": "ok", "c2st": c2st, "train_s": train_s,
+                "epochs": 50, "timestamp": when}
+
+    def write(path, rows):
+        with open(path, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=COLUMNS)
+            w.writeheader()
+            w.writerows(rows)
+
+    day1, day2 = "2026-01-01T10:00:00+00:00", "2026-01-05T10:00:00+00:00"
+    screen_csv, ref_csv = tmp_path / "screen.csv", tmp_path / "ref.csv"
+    write(screen_csv, [
+        row("npe", "slcp", 1, 0.9, 100, day1), row("npe", "slcp", 2, 0.8, 100, day1),
+        row("npe", "slcp", 1, 0.9, 300, day2),  # a later NPE run, slower: not the nearest
+        row("skformer_score", "slcp", 1, 0.7, 200, day1, "default+d_model=32"),
+        row("skformer_score", "slcp", 2, 0.8, 200, day1, "default+d_model=32"),
+        row("skformer_score", "slcp", 7, 0.99, 200, day1, "default+d_model=32"),  # not screened
+    ])
+    write(ref_csv, [row("skformer_score", "slcp", k, 0.74, 900, day1) for k in (1, 2, 3)])
+    (rec,) = screen.summary(screen_csv, [ref_csv])
+    assert rec["c2st"] == pytest.approx(0.75) and rec["n"] == 2
+    assert rec["npe_s"] == 100 and rec["multiple"] == pytest.approx(2.0)
+    assert rec["npe_c2st"] == pytest.approx(0.85)
+    assert rec["delta"] == pytest.approx(0.01)
+    text = screen.report(screen_csv, [ref_csv])
+    assert "| slcp | 0.750 | 0.740 | +0.010 | 0.850 | 200 | 50 | 100 | 2.0x |" in text
+    assert "within 2.5x NPE: 1; C2ST within +0.01 of the reference: 1" in text
