@@ -8,6 +8,7 @@ runs named steps (validate, lay out, seed, build, split, train, warn) and hands 
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from numbers import Integral, Real
 from typing import Any
@@ -591,14 +592,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         return int(self.batch_size)
 
     def _train_config(self) -> TrainConfig:
-        options = dict(self.training_options or {})
-        allowed = TrainConfig.options()
-        unknown = sorted(set(map(str, options)) - set(allowed))
-        if unknown:
-            raise ValueError(f"training_options does not take {unknown}; it takes "
-                             f"{sorted(allowed)} (the other settings are parameters).")
-        config = TrainConfig(
-            **options,
+        from_parameters = dict(
             max_epochs=self.max_epochs,
             batch_size=self.batch_size_,
             learning_rate=self.learning_rate,
@@ -608,6 +602,14 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
             tol=self.tol,
             verbose=self.verbose,
         )
+        options = dict(self.training_options or {})
+        allowed = sorted(f.name for f in dataclasses.fields(TrainConfig)
+                         if f.name not in from_parameters)
+        unknown = sorted(set(map(str, options)) - set(allowed))
+        if unknown:
+            raise ValueError(f"training_options does not take {unknown}; it takes {allowed} "
+                             "(the other settings are parameters).")
+        config = TrainConfig(**options, **from_parameters)
         config.check()
         return config
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 
@@ -57,7 +57,6 @@ class TrainConfig:
     bound by Python and kernel launches, not by the card. Falls back to eager steps, with a
     warning, if recording fails."""
 
-
     def check(self) -> None:
         """ValueError naming the first setting out of its range."""
         def number(v) -> bool:
@@ -77,16 +76,6 @@ class TrainConfig:
         for name, (expected, good) in rules.items():
             if not good(getattr(self, name)):
                 raise ValueError(f"{name} must be {expected}; got {getattr(self, name)!r}.")
-
-    @classmethod
-    def options(cls) -> tuple[str, ...]:
-        """The settings no estimator parameter sets (its ``training_options``)."""
-        return tuple(f.name for f in fields(cls) if f.name not in _PARAMETERS)
-
-
-_PARAMETERS = {"max_epochs", "batch_size", "learning_rate", "early_stopping", "n_iter_no_change",
-               "tol", "verbose", "marginal_fraction"}
-"""TrainConfig fields that the estimator's own parameters set."""
 
 
 @dataclass
