@@ -161,13 +161,16 @@ class FitSeeds:
                         group.seed(self.validation))
 
 
-def fit_seeds(random_state) -> FitSeeds:
+def fit_seeds(random_state, continuation: int = 0) -> FitSeeds:
     """The seed tree of a fit: one seed per stream, all from ``random_state``.
 
     The same ``random_state`` (an int) gives the same seeds on every machine and device.
+    ``continuation`` > 0 gives a fit that continues an earlier one (``warm_start``,
+    ``partial_fit``) streams of its own, so that it does not replay the first fit's draws.
     """
     names = [f.name for f in fields(FitSeeds)]
-    root = np.random.SeedSequence(seed_from(random_state))
+    seed = seed_from(random_state)
+    root = np.random.SeedSequence(seed if continuation == 0 else [seed, int(continuation)])
     seeds = [int_seed(child)
              for child in root.spawn(len(names))]
     return FitSeeds(**dict(zip(names, seeds, strict=True)))

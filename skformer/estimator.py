@@ -8,6 +8,7 @@ runs named steps (validate, lay out, seed, build, split, train, warn) and hands 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import warnings
 from numbers import Integral, Real
@@ -32,7 +33,7 @@ from skformer.layout import Layout
 from skformer.masks import CONDITION_MASK_NAMES, TrainingMasks
 from skformer.model import SimformerModel, Standardiser
 from skformer.network import MaskedTransformer
-from skformer.training import TrainConfig, TrainResult, train
+from skformer.training import PartialTrainer, TrainConfig, TrainResult, train
 
 __all__ = ["SimformerEstimator"]
 
@@ -123,6 +124,19 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         epochs.
     n_iter_no_change : int, default=20
     tol : float, default=1e-4
+    warm_start : bool, default=False
+        When True and the estimator is fitted, ``fit`` continues training the fitted model on
+        the X it is given instead of starting afresh (scikit-learn's convention, as in
+        :class:`~sklearn.neural_network.MLPRegressor`): it keeps the standardiser and the
+        architecture, runs a new warm-up and cosine schedule of up to ``max_epochs`` epochs, and
+        keeps the starting weights when no epoch beats them on validation. Pass every
+        simulation so far to refine the model on all of them (what
+        :func:`skformer.sequential.rounds` does), or only new rows to fine-tune on those alone,
+        which may forget what the old rows taught. Parameters that describe the model (layout,
+        ``method``, ``sde``, ``dynamics_options``, ``tokens``, ``d_model``, ``n_layers``,
+        ``n_heads``) must not change: ``fit`` raises a ValueError if they did. The histories
+        (``loss_curve_``, ``validation_scores_``, ``n_iter_``) continue. See also
+        :meth:`partial_fit`.
     solver : {"dpm", "heun", "euler", "sde"}, default="dpm"
         Default solver of sampling: the probability-flow ODE with DPM-Solver++(3M), Heun or
         Euler, or the reverse SDE with Euler-Maruyama (see :mod:`skformer.dynamics.solvers`).
@@ -173,13 +187,16 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
     token_columns_ : list of lists of int
         The columns of each token (``tokens`` resolved).
     loss_curve_ : list of float
-        Mean training loss per epoch.
+        Mean training loss per epoch (per ``partial_fit`` call), over every fit a warm start
+        continued.
     validation_scores_ : list of float
         Validation loss per epoch (empty without a validation set).
     best_epoch_ : int
-        Epoch (0-based) whose weights were kept.
+        Epoch (0-based, an index of ``loss_curve_``) whose weights were kept; after
+        ``partial_fit``, the last call.
     n_iter_ : int
-        Epochs run.
+        Epochs run (``partial_fit`` calls count one each), over every fit a warm start
+        continued.
     converged_ : bool
         Whether the validation loss settled before ``max_epochs``.
     n_features_in_ : int
@@ -228,6 +245,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         "early_stopping": ["boolean"],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="left")],
+        "warm_start": ["boolean"],
         "solver": [StrOptions(set(SOLVERS))],
         "sampling_steps": [Interval(Integral, 1, MAX_STEPS, closed="both")],
         "log_prob_steps": [Interval(Integral, 2, MAX_STEPS, closed="both")],
@@ -262,6 +280,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         early_stopping=True,
         n_iter_no_change=20,
         tol=1e-4,
+        warm_start=False,
         solver="dpm",
         sampling_steps=20,
         log_prob_steps=20,
@@ -291,6 +310,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         self.early_stopping = early_stopping
         self.n_iter_no_change = n_iter_no_change
         self.tol = tol
+        self.warm_start = warm_start
         self.solver = solver
         self.sampling_steps = sampling_steps
         self.log_prob_steps = log_prob_steps
@@ -498,14 +518,15 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
             raise
         if result.interrupted:
             message = (f"fit interrupted after {result.n_iter} epochs; the estimator keeps the "
-                       f"weights of epoch {result.best_epoch + 1}, the best so far")
+                       f"weights of {_kept_weights(result)}, the best so far")
             warn(message + ".", RuntimeWarning)
             raise KeyboardInterrupt(message)
         return self
 
     def _fit(self, X) -> TrainResult:
         # parameters are validated by _fit_context (unless skip_parameter_validation is set)
-        X = self._drop_empty_rows(self._validate_X(X, reset=True))
+        warm = bool(self.warm_start) and "model_" in self.__dict__
+        X = self._drop_empty_rows(self._validate_X(X, reset=not warm))
         if X.shape[0] < 2:
             raise ValueError(
                 f"X needs at least 2 samples (rows) to fit; got {X.shape[0]} sample."
@@ -514,8 +535,10 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         split = self._training_split(layout)
         device = distributed.local_device(resolve_device(self.device))
         group = distributed.current(device)
-        seeds = fit_seeds(self.random_state)
+        seeds = fit_seeds(self.random_state, len(self.loss_curve_) if warm else 0)
         model = self._build_model(X, layout, seeds)  # the same weights on every rank
+        if warm:
+            model = self._continued(model)
         if group is not None:  # each rank draws its own masks, noise and order
             seeds = seeds.for_rank(group)
         masks = TrainingMasks(self.condition_masks, self.edge_masks, layout, split, seeds.masks,
@@ -523,7 +546,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         validation_masks = TrainingMasks(self.condition_masks, self.edge_masks, layout, split,
                                          seeds.validation, device)
         model = model.to(device)
-        model.missing_seen.copy_(torch.as_tensor(np.isnan(X).any(axis=0)))
+        self._note_missing(model, X, keep=warm)
         # standard units, NaN where missing: the loop leaves those entries out
         x_train, x_val = self._split_rows(model.standardiser(torch.as_tensor(X).to(device)),
                                           seeds)
@@ -533,13 +556,138 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         config = self._train_config()
         model.marginal_fraction = config.marginal_fraction
         network, result = train(model.network, model.dynamics, x_train, x_val, masks,
-                                validation_masks, config, seeds, group)
+                                validation_masks, config, seeds, group, keep_start=warm)
         model.network = network
         self.model_ = model.requires_grad_(False).eval()
-        self._record(result)
+        self._record(result, continued=warm)
+        self.__dict__.pop("_partial", None)  # partial_fit starts afresh from these weights
         if group is None or group.is_main:
             self._warn_about(result, has_validation=x_val is not None)
         return result
+
+    def _continued(self, fresh: SimformerModel) -> SimformerModel:
+        """A trainable copy of the fitted model, to continue training (warm start,
+        partial_fit); ValueError if the parameters now describe another model (``fresh``)."""
+        self._check_unchanged(fresh)
+        model = copy.deepcopy(self.model_)
+        model.network.requires_grad_(True)
+        return model
+
+    def _check_unchanged(self, fresh: SimformerModel) -> None:
+        old, new = self.model_.describe(), fresh.describe()
+        changed = [part for part in ("layout", "dynamics", "network") if old[part] != new[part]]
+        if changed:
+            raise ValueError(
+                f"warm_start=True (and partial_fit) continue the fitted model, but the "
+                f"parameters now describe a model whose {' and '.join(changed)} changed; set "
+                "them back, or fit afresh with warm_start=False (or on a clone)."
+            )
+
+    @staticmethod
+    def _note_missing(model: SimformerModel, X: np.ndarray, keep: bool) -> None:
+        """Record which columns had missing entries (also in earlier fits when ``keep``)."""
+        seen = torch.as_tensor(np.isnan(X).any(axis=0), device=model.missing_seen.device)
+        model.missing_seen.copy_(model.missing_seen | seen if keep else seen)
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def partial_fit(self, X, y=None):
+        """One pass over the rows of X: one optimiser step per ``batch_size_`` rows, in order.
+
+        For simulations that arrive in chunks: each call trains on its chunk at the cost of
+        one epoch over it, keeping the optimiser's state, the step count and the moving average
+        of the weights between calls. The first call on an unfitted estimator builds the model
+        (the standardiser from that call's rows, and ``batch_size_`` from their number: give it
+        a representative chunk); a call on a fitted estimator continues from its weights. The
+        learning rate warms up over the first 100 steps, then stays at ``learning_rate``; there
+        is no validation, so nothing stops early: the number of calls is the schedule. A later
+        ``fit`` (warm or not) ends the sequence; a pickled or saved estimator keeps the
+        weights but not the optimiser's state, so ``partial_fit`` after loading restarts its
+        warm-up.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_columns) or (n_samples, n_variables, n_features)
+            A chunk of simulations; the first call needs at least 2 rows.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : SimformerEstimator
+
+        Raises
+        ------
+        ValueError
+            For bad input, parameters that no longer describe the fitted model, or a loss that
+            is not finite (the call is undone). A call that raises, or is interrupted, leaves
+            the estimator as it was.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skformer import SimformerEstimator
+        >>> est = SimformerEstimator(d_model=16, n_layers=1, random_state=0)
+        >>> rng = np.random.default_rng(0)
+        >>> for _ in range(3):  # three chunks of 200 simulations arrive
+        ...     theta = rng.uniform(-1, 1, size=(200, 1))
+        ...     chunk = np.hstack([theta, theta + 0.1 * rng.standard_normal((200, 1))])
+        ...     est = est.partial_fit(chunk)
+        >>> est.n_iter_, len(est.loss_curve_)
+        (3, 3)
+        """
+        snapshot = dict(self.__dict__)
+        try:
+            with torch_threads(self.n_threads):
+                self._partial_fit(X)
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(snapshot)
+            raise
+        return self
+
+    def _partial_fit(self, X) -> None:
+        first = "model_" not in self.__dict__
+        X = self._drop_empty_rows(self._validate_X(X, reset=first))
+        if first and X.shape[0] < 2:
+            raise ValueError(f"the first partial_fit needs at least 2 samples (rows) to build "
+                             f"the model; got {X.shape[0]}.")
+        device = distributed.local_device(resolve_device(self.device))
+        if distributed.current(device) is not None:
+            raise ValueError("partial_fit does not train data-parallel under torchrun; use fit.")
+        layout = self._make_layout(X.shape[1])
+        split = self._training_split(layout)
+        trainer = self.__dict__.get("_partial")
+        if trainer is None:
+            seeds = fit_seeds(self.random_state, 0 if first else len(self.loss_curve_))
+            model = self._build_model(X, layout, seeds)
+            if first:
+                self.batch_size_ = self._resolve_batch_size(X.shape[0], device)
+                self.loss_curve_, self.validation_scores_, self.n_iter_ = [], [], 0
+                self.n_training_rows_, self.converged_ = 0, False
+            else:
+                model = self._continued(model)
+            model = model.to(device)
+            config = self._train_config()
+            model.marginal_fraction = config.marginal_fraction
+            masks = TrainingMasks(self.condition_masks, self.edge_masks, layout, split,
+                                  seeds.masks, device)
+            trainer = PartialTrainer(copy.deepcopy(model.network).requires_grad_(True),
+                                     model.dynamics, masks, config, seeds)
+            self.model_ = model.requires_grad_(False).eval()
+        else:  # the parameters must still describe the model
+            self._check_unchanged(self._build_model(X, layout, fit_seeds(0)))
+            trainer.reconfigure(self._train_config())
+        model = copy.deepcopy(self.model_)
+        model.marginal_fraction = trainer.config.marginal_fraction
+        self._note_missing(model, X, keep=not first)
+        loss = trainer.pass_over(model.standardiser(torch.as_tensor(X).to(model.device)))
+        model.network = copy.deepcopy(trainer.ema)
+        self.model_ = model.requires_grad_(False).eval()
+        self._partial = trainer
+        self.loss_curve_ = [*self.loss_curve_, loss]
+        self.n_iter_ += 1
+        self.best_epoch_ = self.n_iter_ - 1
+        self.n_training_rows_ += X.shape[0]
 
     def _drop_empty_rows(self, X: np.ndarray) -> np.ndarray:
         """Rows with no value at all carry nothing to learn: dropped, with a warning."""
@@ -613,19 +761,29 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         config.check()
         return config
 
-    def _record(self, result: TrainResult) -> None:
+    def _record(self, result: TrainResult, continued: bool = False) -> None:
+        """The fit's history; ``continued`` (a warm start) appends it to the earlier fits'."""
         self.n_training_rows_ = result.n_rows
-        self.loss_curve_ = result.loss_curve
-        self.validation_scores_ = result.validation_scores
-        self.best_epoch_ = result.best_epoch
-        self.n_iter_ = result.n_iter
         self.converged_ = result.converged
+        if not continued:
+            self.loss_curve_ = result.loss_curve
+            self.validation_scores_ = result.validation_scores
+            self.best_epoch_ = result.best_epoch
+            self.n_iter_ = result.n_iter
+            return
+        offset = len(self.loss_curve_)
+        self.loss_curve_ = [*self.loss_curve_, *result.loss_curve]
+        self.validation_scores_ = [*self.validation_scores_, *result.validation_scores]
+        if result.best_epoch >= 0:  # else the starting weights stay, and their epoch
+            self.best_epoch_ = offset + result.best_epoch
+        self.n_iter_ += result.n_iter
 
     def _warn_about(self, result: TrainResult, has_validation: bool) -> None:
         """Say how training ended when it did not settle: diverged, or cut by max_epochs."""
+        kept = _kept_weights(result)
         if result.diverged is not None:
             warn(f"training diverged: {result.diverged}. The estimator keeps the weights of "
-                 f"epoch {result.best_epoch + 1}, the best before it; a lower learning_rate "
+                 f"{kept}, the best before it; a lower learning_rate "
                  f"({self.learning_rate:g} now) may train further.", RuntimeWarning)
             return
         if result.converged or result.interrupted:
@@ -636,11 +794,12 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
             message = (f"max_epochs={self.max_epochs} reached while the {which} loss was still "
                        "improving (its best was the last epoch); consider a larger max_epochs.")
         else:
-            kept = (f"the weights of epoch {result.best_epoch + 1} were kept"
+            last = (f"last improved in epoch {result.best_epoch + 1}" if result.best_epoch >= 0
+                    else "never improved on the fit it started from (warm_start)")
+            kept = (f"the weights of {kept} were kept"
                     if has_validation else "the last epoch's weights were kept")
             message = (f"max_epochs={self.max_epochs} reached before early stopping could "
-                       f"decide: the {which} loss last improved in epoch "
-                       f"{result.best_epoch + 1} and then not for {since} epochs "
+                       f"decide: the {which} loss {last} and then not for {since} epochs "
                        f"(n_iter_no_change={self.n_iter_no_change}); {kept}.")
         warn(message, ConvergenceWarning)
 
@@ -816,7 +975,9 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         params = self.get_params(deep=False)
         if isinstance(params["edge_masks"], DAG):  # plain values: a tagged mapping
             params["edge_masks"] = {"__skformer__": "DAG", **params["edge_masks"].to_dict()}
-        fitted = {k: v for k, v in vars(self).items() if k not in params and k != "model_"}
+        # private attributes (partial_fit's optimiser) are working state, not description
+        fitted = {k: v for k, v in vars(self).items()
+                  if k not in params and k != "model_" and not k.startswith("_")}
         description = {"estimator": type(self).__name__,
                        "skformer_version": _version.__version__,
                        "params": params, "fitted": fitted}
@@ -889,6 +1050,13 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         restored = type(self)._from_description(state["description"], state["tensors"],
                                                 validate=False)
         self.__dict__.update(restored.__dict__)
+
+
+def _kept_weights(result: TrainResult) -> str:
+    """Which weights a fit kept, in words."""
+    if result.best_epoch >= 0:
+        return f"epoch {result.best_epoch + 1}"
+    return "the fit it started from (warm_start)"
 
 
 def _check_fitted(est: SimformerEstimator, fitted: dict[str, Any]) -> None:

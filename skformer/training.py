@@ -10,6 +10,7 @@ global torch RNG is never used.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from skformer._utils import FitSeeds, make_generator
 from skformer.distributed import Group
 from skformer.network import MISSING, OBSERVED
 
-__all__ = ["TrainConfig", "TrainResult", "train"]
+__all__ = ["PartialTrainer", "TrainConfig", "TrainResult", "train"]
 
 Masks = Callable[[int], "tuple[torch.Tensor, torch.Tensor | None]"]
 """``n -> (observed (n, tokens) bool, edges (n, tokens, tokens) bool or None)``."""
@@ -91,7 +92,8 @@ class TrainResult:
     diverged: str | None = None
     """Why training stopped diverging (a sentence), when it did and earlier weights were kept."""
     untrained_score: float = math.nan
-    """The untrained network's score (validation loss, else its first training batch's loss)."""
+    """The starting network's score (validation loss, else its first training batch's loss):
+    the untrained network's, or with ``keep_start`` the weights training started from."""
     n_rows: int = 0
     """Training rows this process trained on (its share, under data-parallel)."""
 
@@ -144,6 +146,7 @@ def train(
     config: TrainConfig,
     seeds: FitSeeds,
     group: Group | None = None,
+    keep_start: bool = False,
 ) -> tuple[torch.nn.Module, TrainResult]:
     """Fit ``network`` by the dynamics' loss; return the kept (EMA) network and the history.
 
@@ -165,6 +168,11 @@ def train(
     and trains on its share of them; gradients are averaged by DistributedDataParallel and
     losses over the ranks, so every decision and every weight is the same on all ranks.
     ``seeds`` should then be the rank's own (the estimator derives them).
+
+    ``keep_start`` (a warm start: ``network`` is already trained): the starting weights compete
+    with every epoch, as epoch -1. With a validation set they are kept when no epoch scores
+    better (``result.best_epoch`` is then -1); divergence and an interruption in the first
+    epoch fall back to them instead of raising.
     """
     device = x_train.device
     if group is not None:
@@ -182,16 +190,8 @@ def train(
     bs = min(config.batch_size, n)
 
     def draw(rows: torch.Tensor):
-        """One batch: clean rows, their column states and edges, noise levels and noise."""
-        x0 = x_train[rows]
-        observed, edges = masks(x0.shape[0])
-        left_out = _left_out(observed, None if missing is None else missing[rows],
-                             config.marginal_fraction, noise_gen)
-        if left_out is not None:
-            observed = _states(observed, left_out)
-        sigma = dynamics.training_sigmas(x0.shape[0], noise_gen)
-        eps = torch.randn(x0.shape, generator=noise_gen, device=device)
-        return x0, observed, edges, sigma, eps
+        return _batch(x_train[rows], None if missing is None else missing[rows], masks,
+                      dynamics, config.marginal_fraction, noise_gen)
 
     step_fn = _Step(forward, dynamics, config, graphed)
     steps_per_epoch = max(1, n // bs)  # drop the ragged tail: equal-size batches
@@ -205,6 +205,10 @@ def train(
                               make_generator(seeds.validation, device))
         result.untrained_score = _validate(dynamics, ema, val, bs, group)
     best_score, best_state, since_best = math.inf, None, 0
+    if keep_start:
+        best_state = copy.deepcopy(ema.state_dict())
+        if val is not None:
+            best_score = result.untrained_score
     first_loss = None
     step = 0
     bar = None
@@ -262,7 +266,8 @@ def train(
     finally:
         if bar is not None:
             bar.close()
-    if result.diverged is not None and not best_score < result.untrained_score:
+    if (result.diverged is not None and not keep_start
+            and not best_score < result.untrained_score):
         raise ValueError(
             f"training diverged: {result.diverged}, and no epoch before it did better than "
             f"the untrained network. Lower learning_rate ({config.learning_rate:g} now)."
@@ -273,6 +278,97 @@ def train(
         raise ValueError("training produced non-finite weights.")
     ema.eval()
     return ema, result
+
+
+class PartialTrainer:
+    """Training that goes on across calls: each :meth:`pass_over` makes one pass over the rows
+    it is given (``partial_fit``), keeping the optimiser's state, the step count, the moving
+    average and the random streams from one call to the next.
+
+    Parameters
+    ----------
+    network : torch.nn.Module
+        The network to train, in place (trainable parameters); fresh or already trained.
+    dynamics, masks, config
+        As for :func:`train`; ``config.batch_size`` rows per step, ``config.learning_rate``
+        after a linear warm-up over :attr:`WARMUP_STEPS` steps, then constant (no schedule can
+        know how many calls will come). ``ema_decay="auto"`` means 0.999.
+    seeds : FitSeeds
+        Its ``noise`` stream seeds the training noise.
+
+    ``ema`` holds the moving average of the weights, the network to use. A call whose loss is
+    not finite, or that is interrupted, leaves network, average, optimiser and step count as
+    they were before it (the masks' random stream moves on).
+    """
+
+    WARMUP_STEPS = 100
+
+    def __init__(self, network: torch.nn.Module, dynamics, masks: Masks, config: TrainConfig,
+                 seeds: FitSeeds):
+        self.network, self.dynamics, self.masks, self.config = network, dynamics, masks, config
+        self.device = next(network.parameters()).device
+        self.ema = copy.deepcopy(network).requires_grad_(False).eval()
+        self._step = self.step_fn = _Step(network, dynamics, config, graphed=False)
+        self.opt = self._step.opt
+        self.noise_gen = make_generator(seeds.noise, self.device)
+        self.decay = 0.999 if config.ema_decay == "auto" else float(config.ema_decay)
+        self.steps = 0
+
+    def reconfigure(self, config: TrainConfig) -> None:
+        """Take new settings (changed parameters) for the next calls; the batch size stays."""
+        self.config = dataclasses.replace(config, batch_size=self.config.batch_size)
+        self._step.config = self.config
+        self.decay = 0.999 if config.ema_decay == "auto" else float(config.ema_decay)
+        for g in self.opt.param_groups:
+            g["weight_decay"] = config.weight_decay
+
+    def _state(self):
+        return (copy.deepcopy(self.network.state_dict()), copy.deepcopy(self.ema.state_dict()),
+                copy.deepcopy(self.opt.state_dict()), self.steps,
+                self.noise_gen.get_state())
+
+    def _restore(self, state) -> None:
+        net, ema, opt, steps, gen = state
+        self.network.load_state_dict(net)
+        self.ema.load_state_dict(ema)
+        self.opt.load_state_dict(opt)
+        self.steps = steps
+        self.noise_gen.set_state(gen)
+
+    def pass_over(self, x: torch.Tensor) -> float:
+        """One optimiser step per ``config.batch_size`` rows of ``x`` (standardised, NaN where
+        missing, on the network's device), in their order, the last batch possibly smaller.
+        Returns the mean training loss; raises ValueError, undoing the call, when a loss is not
+        finite."""
+        missing = _missing(x)
+        x = x.nan_to_num(0.0)
+        bs = self.config.batch_size
+        before = self._state()
+        total, n_steps = 0.0, 0
+        try:
+            self.network.train()
+            for start in range(0, x.shape[0], bs):
+                rows = slice(start, start + bs)
+                batch = _batch(x[rows], None if missing is None else missing[rows], self.masks,
+                               self.dynamics, self.config.marginal_fraction, self.noise_gen)
+                factor = min(1.0, (self.steps + 1) / self.WARMUP_STEPS)
+                loss = float(self.step_fn(batch, self.config.learning_rate * factor))
+                if not math.isfinite(loss):
+                    raise ValueError(
+                        f"the training loss of step {n_steps + 1} of this call is {loss}; the "
+                        f"call was undone. Lower learning_rate ({self.config.learning_rate:g} "
+                        "now)."
+                    )
+                _ema_update(self.ema, self.network,
+                            min(self.decay, (1 + self.steps) / (10 + self.steps)))
+                self.steps += 1
+                total, n_steps = total + loss, n_steps + 1
+        except BaseException:
+            self._restore(before)
+            raise
+        finally:
+            self.network.eval()
+        return total / max(1, n_steps)
 
 
 class _Step:
@@ -360,6 +456,19 @@ class _Step:
             self.opt.step()
             self.static_loss = loss.detach()
         self.graph = graph
+
+
+def _batch(x0: torch.Tensor, missing: torch.Tensor | None, masks: Masks, dynamics,
+           marginal_fraction: float, gen: torch.Generator):
+    """One training batch of the (NaN-free) rows ``x0``: the rows, their column states and
+    edges, noise levels and noise."""
+    observed, edges = masks(x0.shape[0])
+    left_out = _left_out(observed, missing, marginal_fraction, gen)
+    if left_out is not None:
+        observed = _states(observed, left_out)
+    sigma = dynamics.training_sigmas(x0.shape[0], gen)
+    eps = torch.randn(x0.shape, generator=gen, device=x0.device)
+    return x0, observed, edges, sigma, eps
 
 
 def _divergence(result: TrainResult, score: float, first_loss: float,
