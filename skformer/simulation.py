@@ -102,10 +102,22 @@ def simulate(simulator: Callable, prior, n_simulations: int, *, n_jobs: int | No
     root = np.random.SeedSequence(seed_from(random_state))
     prior_seed, chunks_seed = root.spawn(2)
     theta = _draw(prior, int(n_simulations), prior_seed)
+    x, raised = simulate_at(simulator, theta, chunks_seed, n_jobs=n_jobs, chunk_size=chunk_size,
+                            strict=on_failure == "raise", verbose=verbose)
+    return _finish(theta, x, raised, on_failure)
+
+
+def simulate_at(simulator: Callable, theta: np.ndarray, seed: np.random.SeedSequence, *,
+                n_jobs: int | None = None, chunk_size: int = 1000, strict: bool = False,
+                verbose: int = 0) -> tuple[np.ndarray, int]:
+    """Run ``simulator`` on given parameters ``theta`` (n, n_theta) in seeded chunks, as
+    :func:`simulate` does after its prior draw; return ``x`` (n, n_x), NaN where a simulation
+    raised or returned non-finite values, and the number of simulations that raised.
+    ``strict``: the first simulation that raises raises."""
     n_chunks = math.ceil(len(theta) / chunk_size)
-    seeds = chunks_seed.spawn(n_chunks)
+    seeds = seed.spawn(n_chunks)
     jobs = (joblib.delayed(_run_chunk)(simulator, theta[i * chunk_size:(i + 1) * chunk_size],
-                                       seeds[i], on_failure == "raise", i * chunk_size)
+                                       seeds[i], strict, i * chunk_size)
             for i in range(n_chunks))
     results = joblib.Parallel(n_jobs=n_jobs, return_as="generator")(jobs)
     bar = None
@@ -129,7 +141,7 @@ def simulate(simulator: Callable, prior, n_simulations: int, *, n_jobs: int | No
         raise RuntimeError(f"every one of the {len(theta)} simulations raised.")
     width = widths.pop()
     x = np.vstack([p if p.shape[1] else np.full((len(p), width), np.nan) for p in pieces])
-    return _finish(theta, x, raised, on_failure)
+    return np.where(np.isfinite(x), x, np.nan), raised
 
 
 def _finish(theta: np.ndarray, x: np.ndarray, raised: int, on_failure: str) -> np.ndarray:

@@ -1,0 +1,443 @@
+"""Truncated sequential rounds for one observation: spend simulations where its posterior lives.
+
+:func:`rounds` runs truncated sequential inference (as TSNPE, Deistler et al. 2022, does for
+NPE) around one observation ``x_o``. Round 0 simulates from the prior and fits. Every later
+round draws parameters from the prior *restricted* to the current posterior's highest-density
+region, simulates them (:func:`skformer.simulation.simulate_at`), and warm-starts the estimator
+(``warm_start=True``) on every simulation so far.
+
+Why the answers stay right: each round's parameters are prior draws kept only inside a region,
+so every proposal is the prior times a constant on that region. Where all regions cover the
+posterior, the pooled proposal is the prior up to a constant, and the posterior at ``x_o`` that
+the model learns is the true one. The likelihood ``p(x | theta)`` does not depend on the
+proposal at all: it stays valid for every ``theta`` the proposals covered. What a truncated run
+leaves biased is everything that integrates over the proposal instead of the prior: the
+parameters' marginal (``sample()`` of the joint, the prior the model learnt), the evidence, the
+posterior at observations far from ``x_o``, and conditionals that leave parameters latent
+outside the regions.
+
+Knows the estimator's public API (``fit``, ``condition``, ``set_params``) and the simulation
+helpers; nothing of torch or the network.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from numbers import Integral, Real
+
+import numpy as np
+from sklearn.base import clone
+
+from skformer._utils import seed_from, warn
+from skformer.simulation import _draw, simulate_at
+
+__all__ = ["Round", "RoundsResult", "rounds"]
+
+TRUNCATIONS = ("hpr", "box")
+
+
+@dataclass
+class Round:
+    """What one round did."""
+
+    round: int
+    proposal: str
+    """"prior" (round 0), "hpr" (prior restricted to the highest-density region, within the
+    box of the posterior samples) or "box" (prior restricted to that box)."""
+    n_simulations: int
+    """Simulations run this round (failed ones included)."""
+    n_failed: int
+    """Simulations that raised or returned NaN or infinity: left out of training and kept in
+    :attr:`RoundsResult.failed`."""
+    acceptance: float
+    """Share of the prior draws that the truncation accepted (1.0 for the prior)."""
+    simulate_seconds: float
+    fit_seconds: float
+    epochs: int
+    validation_loss: float
+    """The best validation loss of this round's fit (NaN without a validation set)."""
+    threshold: float | None = None
+    """The log density above which the next round accepts (``truncation="hpr"``)."""
+    box: np.ndarray | None = None
+    """(n_theta, 2): the low and high bounds of the next round's box."""
+    posterior_samples: np.ndarray | None = field(default=None, repr=False)
+    """Samples of the posterior at ``x_o`` after this round's fit (they define the next
+    round's region)."""
+
+
+@dataclass
+class RoundsResult:
+    """The outcome of :func:`rounds`."""
+
+    estimator: object
+    """The fitted estimator (a clone of the one passed), trained on every simulation."""
+    X: np.ndarray
+    """(n, n_theta + n_x): every successful simulation of every round, ``[theta, x]``."""
+    round_of_row: np.ndarray
+    """(n,): the round each row of ``X`` comes from."""
+    failed: np.ndarray
+    """(n_failed, n_theta + n_x): the simulations that failed, ``x`` NaN where it failed."""
+    history: list[Round]
+    n_theta: int
+    stopped: str | None = None
+    """Why the rounds stopped before ``n_rounds`` (a sentence), or None."""
+
+    def posterior(self):
+        """The posterior conditional of the final estimator: ``theta`` given ``x``."""
+        return _posterior(self.estimator, self.n_theta, self.X.shape[1])
+
+    def plot(self, columns=None, labels=None, truth=None, figsize=None):
+        """The posterior at ``x_o`` round by round: median, 50 % and 90 % intervals of each
+        parameter, and the round's acceptance rate. Returns the matplotlib figure."""
+        import matplotlib.pyplot as plt
+
+        columns = list(range(self.n_theta)) if columns is None else list(columns)
+        done = [r for r in self.history if r.posterior_samples is not None]
+        n = len(columns) + 1
+        fig, axes = plt.subplots(1, n, figsize=figsize or (3.2 * n, 3.0), squeeze=False)
+        axes = axes[0]
+        idx = [r.round for r in done]
+        for ax, c in zip(axes, columns, strict=False):
+            q = np.array([np.quantile(r.posterior_samples[:, c], [0.05, 0.25, 0.5, 0.75, 0.95])
+                          for r in done])
+            ax.fill_between(idx, q[:, 0], q[:, 4], alpha=0.25, color="C0", label="90 %")
+            ax.fill_between(idx, q[:, 1], q[:, 3], alpha=0.45, color="C0", label="50 %")
+            ax.plot(idx, q[:, 2], color="C0", marker="o", label="median")
+            if truth is not None:
+                ax.axhline(np.asarray(truth, dtype=float).ravel()[c], color="k", ls="--",
+                           lw=1, label="true")
+            ax.set_title(labels[c] if labels is not None else f"theta[{c}]")
+            ax.set_xlabel("round")
+        axes[0].legend(fontsize="small")
+        rounds_all = [r.round for r in self.history]
+        axes[-1].semilogy(rounds_all, [max(r.acceptance, 1e-6) for r in self.history],
+                          marker="o", color="C1")
+        axes[-1].set_title("acceptance of the truncation")
+        axes[-1].set_xlabel("round")
+        fig.tight_layout()
+        return fig
+
+
+def _posterior(estimator, n_theta: int, n_columns: int):
+    mask = np.zeros(n_columns, dtype=bool)
+    mask[n_theta:] = True
+    return estimator.condition(mask)
+
+
+def _check_args(n_rounds, simulations_per_round, truncation, quantile, min_acceptance,
+                box_margin, n_posterior_samples) -> None:
+    def integer(v, low):
+        return isinstance(v, Integral) and not isinstance(v, bool) and v >= low
+
+    def real(v, low, high):
+        return isinstance(v, Real) and not isinstance(v, bool) and low < v < high
+
+    checks = [
+        ("n_rounds", integer(n_rounds, 1), "an int >= 1"),
+        ("simulations_per_round", integer(simulations_per_round, 2), "an int >= 2"),
+        ("truncation", truncation in TRUNCATIONS, f"one of {TRUNCATIONS}"),
+        ("quantile", real(quantile, 0, 0.5), "a number in (0, 0.5)"),
+        ("min_acceptance", real(min_acceptance, 0, 1) or min_acceptance == 1,
+         "a number in (0, 1]"),
+        ("box_margin", isinstance(box_margin, Real) and box_margin >= 0, "a number >= 0"),
+        ("n_posterior_samples", integer(n_posterior_samples, 10), "an int >= 10"),
+    ]
+    for name, good, expected in checks:
+        if not good:
+            value = {"n_rounds": n_rounds, "simulations_per_round": simulations_per_round,
+                     "truncation": truncation, "quantile": quantile,
+                     "min_acceptance": min_acceptance, "box_margin": box_margin,
+                     "n_posterior_samples": n_posterior_samples}[name]
+            raise ValueError(f"{name} must be {expected}; got {value!r}.")
+
+
+def rounds(estimator, simulator, prior, observed, n_rounds: int = 5,
+           simulations_per_round: int = 2000, *, truncation: str = "hpr",
+           quantile: float = 1e-3, box_margin: float = 0.1, min_acceptance: float = 1e-3,
+           n_posterior_samples: int = 4000, initial=None, n_jobs: int | None = None,
+           chunk_size: int = 1000, random_state=None, verbose: int = 1) -> RoundsResult:
+    """Truncated sequential inference for one observation.
+
+    Round 0 simulates ``simulations_per_round`` parameters from the prior and fits a clone of
+    ``estimator``; every later round draws as many from the prior restricted to the posterior's
+    highest-density region at ``observed``, simulates them and continues the fit
+    (``warm_start=True``) on all simulations so far. The rows are ``[theta, x]``; the
+    posterior is the conditional that observes the ``x`` columns.
+
+    Parameters
+    ----------
+    estimator : SimformerEstimator
+        Its settings (unfitted or fitted: it is cloned, never changed). When its
+        ``variables`` is None, the clone groups the columns into two variables, ``theta`` and
+        ``x``, so that the training masks favour the posterior and the likelihood.
+    simulator, prior
+        As :func:`skformer.simulate` takes them: ``simulator(theta)`` (or
+        ``simulator(theta, rng)``) on a batch; ``prior`` with ``sample(shape)`` (torch, e.g.
+        ``BoxUniform``), ``rvs(size, random_state)`` (scipy) or ``prior(n, rng)``.
+    observed : array-like of shape (n_x,)
+        The observation ``x_o``.
+    n_rounds : int, default=5
+    simulations_per_round : int, default=2000
+    truncation : {"hpr", "box"}, default="hpr"
+        The region of the next round. "hpr": where the model's posterior log density at
+        ``x_o`` is above its ``quantile`` quantile over ``n_posterior_samples`` posterior
+        samples (TSNPE's highest-density region), looked for within the box of those samples
+        (widened by ``box_margin`` of its width on each side), so that only prior draws in the
+        box pay for a log density. "box": that box alone (cheaper; a looser region).
+    quantile : float, default=1e-3
+        Posterior mass left outside the highest-density region.
+    box_margin : float, default=0.1
+    min_acceptance : float, default=1e-3
+        The floor of the acceptance rate. A round whose "hpr" region accepts fewer prior
+        draws falls back to the box; when the box too accepts fewer, the rounds stop with a
+        warning (``stopped`` says why) and return what they have.
+    n_posterior_samples : int, default=4000
+        Posterior samples per round that define the region (kept in ``history``).
+    initial : array-like of shape (n, n_theta + n_x) or None, default=None
+        Prior simulations you already have: round 0 uses them (and simulates none).
+    n_jobs, chunk_size
+        Parallel simulation, as in :func:`skformer.simulate`.
+    random_state : int, RandomState or Generator instance, or None, default=None
+        Seeds the proposals, the simulations and the posterior samples. The estimator's own
+        ``random_state`` seeds its fits.
+    verbose : int, default=1
+        A progress bar over rounds (acceptance and validation loss as it goes) when positive.
+
+    Returns
+    -------
+    RoundsResult
+        ``estimator`` (fitted), ``X`` (every successful simulation of every round),
+        ``round_of_row``, ``failed`` (the failed simulations), ``history`` (a :class:`Round`
+        per round), ``stopped``, and ``posterior()`` and ``plot()``.
+
+    Raises
+    ------
+    ValueError
+        For bad arguments, and when ``observed`` and the simulations do not have the same
+        number of ``x`` columns. An error or an interruption during a round re-raises with the
+        rounds finished so far attached as its ``rounds_result`` attribute: no simulation is
+        lost.
+
+    Warns
+    -----
+    RuntimeWarning
+        When simulations fail (they are counted and left out), when ``observed`` lies outside
+        the range of the simulated ``x``, and when the rounds stop early.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skformer import SimformerEstimator
+    >>> from skformer.sequential import rounds
+    >>> def prior(n, rng):
+    ...     return rng.uniform(-3, 3, size=(n, 1))
+    >>> def simulator(theta, rng):
+    ...     return theta + 0.1 * rng.standard_normal(theta.shape)
+    >>> est = SimformerEstimator(d_model=16, n_layers=1, max_epochs=3, random_state=0)
+    >>> result = rounds(est, simulator, prior, observed=[0.5], n_rounds=2,
+    ...                 simulations_per_round=300, truncation="box", random_state=0,
+    ...                 verbose=0)  # doctest: +SKIP
+    >>> result.X.shape, [r.proposal for r in result.history]  # doctest: +SKIP
+    ((600, 2), ['prior', 'box'])
+    """
+    _check_args(n_rounds, simulations_per_round, truncation, quantile, min_acceptance,
+                box_margin, n_posterior_samples)
+    if not callable(simulator):
+        raise TypeError(f"simulator must be callable, got {type(simulator).__name__}.")
+    x_o = np.asarray(observed, dtype=np.float64).ravel()
+    if x_o.size == 0 or not np.isfinite(x_o).all():
+        raise ValueError("observed must be a non-empty vector of finite values.")
+    root = np.random.SeedSequence(seed_from(random_state))
+    seeds = root.spawn(n_rounds)
+    state = _State(x_o)
+    est = clone(estimator)
+    bar = None
+    if verbose:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n_rounds, desc="rounds", unit="round")
+    region = None
+    try:
+        for r in range(n_rounds):
+            propose_seed, simulate_seed, sample_seed = seeds[r].spawn(3)
+            t0 = time.perf_counter()
+            if r == 0:
+                theta, kind, acceptance, x = _first_round(initial, prior, simulations_per_round,
+                                                          propose_seed, x_o)
+            else:
+                theta, kind, acceptance = _restricted(
+                    prior, simulations_per_round, region, propose_seed,
+                    min_acceptance)
+                x = None
+                if theta is None:
+                    state.stopped = kind
+                    warn(f"the rounds stopped after round {r - 1}: {kind}", RuntimeWarning)
+                    break
+            if x is None:
+                x, _ = simulate_at(simulator, theta, simulate_seed, n_jobs=n_jobs,
+                                   chunk_size=chunk_size)
+            simulate_seconds = time.perf_counter() - t0
+            n_failed = state.add(r, theta, x)
+            if r == 0:
+                est = _prepare(est, state.n_theta, x_o.size)
+            t0 = time.perf_counter()
+            before = getattr(est, "n_iter_", 0) if r else 0
+            est.set_params(warm_start=r > 0)
+            est.fit(state.X)
+            fit_seconds = time.perf_counter() - t0
+            post = _posterior(est, state.n_theta, state.X.shape[1])
+            samples = post.sample(n_posterior_samples, observed=x_o,
+                                  random_state=np.random.default_rng(sample_seed))
+            region = _region(post, samples, x_o, truncation, quantile, box_margin)
+            scores = est.validation_scores_[-(est.n_iter_ - before):] if r else \
+                est.validation_scores_
+            record = Round(
+                round=r, proposal=kind, n_simulations=len(theta), n_failed=n_failed,
+                acceptance=acceptance, simulate_seconds=simulate_seconds,
+                fit_seconds=fit_seconds, epochs=est.n_iter_ - before,
+                validation_loss=float(min(scores)) if len(scores) else float("nan"),
+                threshold=region.get("threshold"), box=region["box"],
+                posterior_samples=samples)
+            state.history.append(record)
+            if bar is not None:
+                bar.set_postfix(accept=f"{acceptance:.3g}", val=f"{record.validation_loss:.4f}")
+                bar.update(1)
+    except BaseException as error:
+        if state.X is not None:
+            partial = state.result(est)
+            error.rounds_result = partial
+            if hasattr(error, "add_note"):
+                error.add_note(f"skformer.sequential.rounds: the {len(partial.X)} simulations "
+                               f"of {len(state.history)} finished rounds are kept in this "
+                               "error's rounds_result attribute.")
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    return state.result(est)
+
+
+class _State:
+    """Every simulation so far, by round, and the history."""
+
+    def __init__(self, x_o: np.ndarray):
+        self.x_o = x_o
+        self.X: np.ndarray | None = None
+        self.rows_round: list[np.ndarray] = []
+        self.failed: list[np.ndarray] = []
+        self.history: list[Round] = []
+        self.n_theta = 0
+        self.stopped: str | None = None
+
+    def add(self, r: int, theta: np.ndarray, x: np.ndarray) -> int:
+        """Keep a round's simulations; return how many failed (left out, kept aside)."""
+        if x.shape[1] != self.x_o.size:
+            raise ValueError(f"the simulator returns {x.shape[1]} values of x per simulation "
+                             f"but observed has {self.x_o.size}.")
+        rows = np.hstack([theta, x])
+        bad = ~np.isfinite(x).all(axis=1)
+        if bad.any():
+            warn(f"round {r}: {int(bad.sum())} of {len(x)} simulations failed (raised or "
+                 "returned NaN or infinity); they are left out of training and kept in "
+                 "the result's failed.", RuntimeWarning)
+            self.failed.append(rows[bad])
+        good = rows[~bad]
+        if r == 0:
+            self.n_theta = theta.shape[1]
+            _check_observed(good[:, self.n_theta:], self.x_o)
+        self.X = good if self.X is None else np.vstack([self.X, good])
+        self.rows_round.append(np.full(len(good), r))
+        return int(bad.sum())
+
+    def result(self, est) -> RoundsResult:
+        width = self.X.shape[1]
+        failed = np.vstack(self.failed) if self.failed else np.empty((0, width))
+        return RoundsResult(estimator=est, X=self.X, round_of_row=np.concatenate(self.rows_round),
+                            failed=failed, history=list(self.history), n_theta=self.n_theta,
+                            stopped=self.stopped)
+
+
+def _first_round(initial, prior, n, seed, x_o):
+    """Round 0's parameters (and x when ``initial`` simulations were given)."""
+    if initial is None:
+        return _draw(prior, n, seed), "prior", 1.0, None
+    rows = np.asarray(initial, dtype=np.float64)
+    if rows.ndim != 2 or rows.shape[1] <= x_o.size:
+        raise ValueError(f"initial must be (n, n_theta + n_x) with n_x = {x_o.size} "
+                         f"(observed's length); got shape {rows.shape}.")
+    n_theta = rows.shape[1] - x_o.size
+    return rows[:, :n_theta], "prior", 1.0, rows[:, n_theta:]
+
+
+def _prepare(est, n_theta: int, n_x: int):
+    """Group the columns into theta and x for the training masks, unless the user did."""
+    if est.get_params().get("variables") is None:
+        est.set_params(variables=[n_theta, n_x])
+    return est
+
+
+def _check_observed(x: np.ndarray, x_o: np.ndarray) -> None:
+    if len(x) == 0:
+        raise ValueError("every simulation of round 0 failed.")
+    low, high = x.min(axis=0), x.max(axis=0)
+    out = np.flatnonzero((x_o < low) | (x_o > high))
+    if out.size:
+        warn(f"observed lies outside the range of the prior simulations in x columns "
+             f"{out[:10].tolist()} (e.g. {x_o[out[0]]:.4g} against [{low[out[0]]:.4g}, "
+             f"{high[out[0]]:.4g}]): the posterior there is an extrapolation, and the rounds "
+             "cannot find simulations like it; check the simulator and the observation.",
+             RuntimeWarning)
+
+
+def _region(post, samples, x_o, truncation, quantile, box_margin) -> dict:
+    """The next round's region from this round's posterior samples."""
+    low, high = samples.min(axis=0), samples.max(axis=0)
+    pad = box_margin * (high - low)
+    region = {"box": np.stack([low - pad, high + pad], axis=1), "kind": truncation,
+              "post": post, "x_o": x_o}
+    if truncation == "hpr":
+        log_density = post.log_prob(samples, observed=x_o)
+        region["threshold"] = float(np.quantile(log_density, quantile))
+    return region
+
+
+def _restricted(prior, n, region, seed, min_acceptance):
+    """n prior draws inside the region: ``(theta, kind, acceptance)``, or
+    ``(None, reason, acceptance)`` when even the box accepts too few."""
+    kinds = ["hpr", "box"] if region["kind"] == "hpr" else ["box"]
+    reasons = []
+    for kind in kinds:
+        theta, acceptance = _rejection(prior, n, region, kind, seed, min_acceptance)
+        if theta is not None:
+            if reasons:
+                warn(f"{reasons[-1]}; this round falls back to the box of the posterior "
+                     f"samples (acceptance {acceptance:.3g}).", RuntimeWarning)
+            return theta, kind, acceptance
+        reasons.append(f"the {kind} region accepted {acceptance:.3g} of the prior draws, "
+                       f"below min_acceptance={min_acceptance:g}")
+    return None, reasons[-1] + " (the posterior fills too small a part of the prior to " \
+        "find by rejection; fewer rounds or a lower min_acceptance)", acceptance
+
+
+def _rejection(prior, n, region, kind, seed, min_acceptance, batch=None):
+    """Prior draws accepted by the region until n, or None when the acceptance rate falls
+    below the floor (judged once at least 10,000 draws were made)."""
+    low, high = region["box"][:, 0], region["box"][:, 1]
+    batch = batch or max(4 * n, 10_000)
+    accepted, tried, k = [], 0, 0
+    limit = max(10_000, int(np.ceil(n / min_acceptance)))
+    while sum(len(a) for a in accepted) < n:
+        theta = _draw(prior, batch, seed.spawn(1)[0])
+        k += 1
+        tried += batch
+        inside = theta[np.all((theta >= low) & (theta <= high), axis=1)]
+        if kind == "hpr" and len(inside):
+            log_density = region["post"].log_prob(inside, observed=region["x_o"])
+            inside = inside[log_density >= region["threshold"]]
+        accepted.append(inside)
+        got = sum(len(a) for a in accepted)
+        if tried >= 10_000 and got / tried < min_acceptance or tried >= limit and got < n:
+            return None, got / tried
+    theta = np.vstack(accepted)
+    return theta[:n], sum(len(a) for a in accepted) / tried
