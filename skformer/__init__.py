@@ -1,6 +1,6 @@
 """skformer: the Simformer (all-in-one simulation-based inference) as a scikit-learn estimator."""
 
-from skformer import diagnostics
+from skformer import diagnostics, sequential
 from skformer._version import SkformerVersionWarning, __version__
 from skformer.compat import BoxUniform, FlowMatchingSimformer, Simformer
 from skformer.conditional import Conditional
@@ -28,6 +28,7 @@ __all__ = [
     "coverage_plot",
     "tarp_plot",
     "diagnostics",
+    "sequential",
     "simulate",
     "save",
     "load",

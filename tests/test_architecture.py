@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1] / "skformer"
 LAYERS = {
     "skformer.estimator": 0, "skformer.conditional": 0, "skformer.compat": 0,
     "skformer.io": 0, "skformer.plot": 0, "skformer.simulation": 0,
-    "skformer.diagnostics": 0,
+    "skformer.diagnostics": 0, "skformer.sequential": 0,
     "skformer.model": 1,
     "skformer.network": 2, "skformer.dynamics": 2, "skformer.dynamics.base": 2,
     "skformer.dynamics.score": 2, "skformer.dynamics.flow": 2, "skformer.dynamics.solvers": 2,

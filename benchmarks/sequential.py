@@ -1,0 +1,203 @@
+"""Sequential rounds against one round and against sbi's TSNPE, at the same budget.
+
+Per task and observation (sbibm's reference posteriors, C2ST with sbibm's MLP on 10,000
+samples), 10,000 simulations in all:
+
+- ``skformer_rounds``: :func:`skformer.sequential.rounds`, 5 rounds of 2,000, the estimator's
+  defaults (one fit per observation);
+- ``skformer_single``: one fit on 10,000 prior simulations (one fit serves every observation;
+  its time is counted once, on observation 1's row);
+- ``tsnpe``: sbi's truncated sequential NPE (NSF, ``RestrictedPrior`` with
+  ``get_density_thresholder(quantile=1e-4)``, sbi's tutorial recipe), 5 rounds of 2,000.
+
+Every row is appended to ``results/sequential.csv`` as it finishes; a run cut off resumes where
+it stopped. Tasks run side by side, one process and one thread each.
+
+    cd benchmarks
+    python sequential.py --observations 1          # screening: two_moons and slcp, obs 1
+    python sequential.py --observations 1-5        # the full table (several sessions)
+    python sequential.py --report
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import subprocess
+import sys
+import time
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "results" / "sequential.csv"
+CACHE = HERE / "results" / "cache"
+COLUMNS = ["task", "method", "observation", "c2st", "train_s", "simulations", "rounds",
+           "acceptance", "machine", "timestamp"]
+METHODS = ("skformer_rounds", "skformer_single", "tsnpe")
+BUDGET, ROUNDS, SAMPLES = 10_000, 5, 10_000
+
+
+def done() -> set[tuple[str, str, int]]:
+    if not OUT.exists():
+        return set()
+    with OUT.open() as f:
+        return {(r["task"], r["method"], int(r["observation"])) for r in csv.DictReader(f)}
+
+
+def append(row: dict) -> None:
+    new = not OUT.exists()
+    with OUT.open("a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        if new:
+            w.writeheader()
+        w.writerow(row)
+
+
+def skformer_rounds(task, k):
+    from skformer import SimformerEstimator
+    from skformer.sequential import rounds
+
+    t0 = time.perf_counter()
+    result = rounds(SimformerEstimator(random_state=k), task.simulator, task.sample_prior,
+                    task.observation(k), n_rounds=ROUNDS,
+                    simulations_per_round=BUDGET // ROUNDS, random_state=k, verbose=0)
+    seconds = time.perf_counter() - t0
+    samples = result.posterior().sample(SAMPLES, observed=task.observation(k), random_state=k)
+    acceptance = ";".join(f"{r.acceptance:.3g}" for r in result.history)
+    return samples, seconds, len(result.X), len(result.history), acceptance
+
+
+def skformer_single(task, k, cache={}):  # noqa: B006 - one fit per process and task
+    import skformer
+
+    from harness.methods import fit_skformer
+
+    seconds = 0.0
+    if task.name not in cache:
+        path = CACHE / f"sequential_single_{task.name}.skf"
+        if path.exists():
+            cache[task.name] = skformer.load(path)
+        else:
+            theta, x = task.simulate(BUDGET, 0)
+            est, seconds = fit_skformer(task, theta, x, seed=0)
+            CACHE.mkdir(parents=True, exist_ok=True)
+            skformer.save(est, path)
+            cache[task.name] = est
+    est = cache[task.name]
+    samples = est.posterior().sample(SAMPLES, observed=task.observation(k), random_state=k)
+    return samples, seconds, BUDGET, 1, "1"
+
+
+def tsnpe(task, k):
+    import numpy as np
+    import torch
+    from sbi.inference import NPE
+    from sbi.utils import RestrictedPrior, get_density_thresholder
+
+    from harness.methods import _NullTracker
+
+    torch.manual_seed(k)
+    prior = task.prior_torch()
+    x_o = torch.as_tensor(task.observation(k), dtype=torch.float32)[None]
+    inference = NPE(prior=prior, density_estimator="nsf", show_progress_bars=False,
+                    tracker=_NullTracker())
+    proposal, acceptance = prior, []
+    rng = np.random.default_rng([k, 17])
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(ROUNDS):
+            theta = proposal.sample((BUDGET // ROUNDS,))
+            x = torch.as_tensor(task.simulator(theta.double().numpy(), rng), dtype=torch.float32)
+            inference.append_simulations(theta, x, proposal=proposal)
+            estimator = inference.train(force_first_round_loss=True)
+            posterior = inference.build_posterior(estimator).set_default_x(x_o)
+            threshold = get_density_thresholder(posterior, quantile=1e-4)
+            proposal = RestrictedPrior(prior, threshold, sample_with="rejection")
+            probe = prior.sample((20_000,))
+            acceptance.append(float(threshold(probe).float().mean()))
+        seconds = time.perf_counter() - t0
+        samples = posterior.sample((SAMPLES,), x=x_o, show_progress_bars=False)
+    return (samples.numpy().astype(np.float64), seconds, BUDGET, ROUNDS,
+            ";".join(f"{a:.3g}" for a in [1.0, *acceptance[:-1]]))
+
+
+def run_task(name: str, observations: list[int], methods: list[str]) -> None:
+    import torch
+
+    from harness.run import machine
+    from harness.tasks import get_task
+    from metrics import c2st
+
+    torch.set_num_threads(1)
+    task = get_task(name)
+    for k in observations:
+        for method in methods:
+            if (name, method, k) in done():
+                continue
+            samples, seconds, n_sims, n_rounds, acceptance = globals()[method](task, k)
+            score = c2st(samples, task.reference(k, SAMPLES, seed=k))
+            append({"task": name, "method": method, "observation": k,
+                    "c2st": round(score, 4), "train_s": round(seconds, 1),
+                    "simulations": n_sims, "rounds": n_rounds, "acceptance": acceptance,
+                    "machine": machine(),
+                    "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+            print(f"{name} obs {k} {method}: C2ST {score:.3f}, {seconds:.0f} s", flush=True)
+
+
+def report() -> str:
+    import pandas as pd
+
+    df = pd.read_csv(OUT).drop_duplicates(["task", "method", "observation"], keep="last")
+    lines = ["| task | method | observations | C2ST mean | per observation | train s |",
+             "|---|---|---|---|---|---|"]
+    for (task, method), g in df.groupby(["task", "method"], sort=False):
+        g = g.sort_values("observation")
+        per = ", ".join(f"{c:.3f}" for c in g.c2st)
+        obs = ",".join(str(o) for o in g.observation)
+        lines.append(f"| {task} | {method} | {obs} | {g.c2st.mean():.3f} | {per} | "
+                     f"{g.train_s.sum():.0f} |")
+    lines.append(f"\nMachine: {df.machine.iloc[-1]}.")
+    return "\n".join(lines)
+
+
+def _observations(text: str) -> list[int]:
+    if "-" in text:
+        lo, hi = text.split("-")
+        return list(range(int(lo), int(hi) + 1))
+    return [int(t) for t in text.split(",")]
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tasks", nargs="+", default=["two_moons", "slcp"])
+    ap.add_argument("--observations", default="1")
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--report", action="store_true")
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.report:
+        print(report())
+        return
+    observations = _observations(args.observations)
+    if args.one:
+        run_task(args.one, observations, args.methods)
+        return
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    procs = []
+    for name in args.tasks:
+        log = open(OUT.with_name(f"sequential_{name}.log"), "a")  # noqa: SIM115
+        procs.append(subprocess.Popen(
+            [sys.executable, __file__, "--one", name, "--observations", args.observations,
+             "--methods", *args.methods], cwd=HERE, env=env, stdout=log,
+            stderr=subprocess.STDOUT))
+    codes = [p.wait() for p in procs]
+    print(report())
+    sys.exit(max(codes))
+
+
+if __name__ == "__main__":
+    main()
