@@ -70,6 +70,7 @@ def test_truncated_rounds_on_an_analytic_gaussian():
         assert r.threshold is not None and r.box.shape == (1, 2)
     assert result.estimator.n_training_rows_ > 2000  # the last fit saw both rounds
     assert result.estimator.warm_start is True
+    assert result.estimator.learning_rate == TINY["learning_rate"]  # warm_params=None
 
     import matplotlib
     import matplotlib.pyplot as plt
@@ -80,16 +81,18 @@ def test_truncated_rounds_on_an_analytic_gaussian():
     plt.close(fig)
 
 
-def test_box_truncation_and_initial_simulations():
+def test_box_truncation_initial_simulations_and_warm_params():
     rng = np.random.default_rng(5)
     theta = prior(400, rng)
     initial = np.hstack([theta, simulator(theta, rng)])
     result = rounds(small(max_epochs=2), simulator, prior, X_O, n_rounds=2,
                     simulations_per_round=400, truncation="box", initial=initial,
+                    warm_params={"learning_rate": 1e-4, "max_epochs": 1},
                     n_posterior_samples=200, random_state=0, verbose=0)
     assert [r.proposal for r in result.history] == ["prior", "box"]
     np.testing.assert_array_equal(result.X[:400], initial)
     assert result.history[0].threshold is None
+    assert result.estimator.learning_rate == 1e-4 and result.history[1].epochs == 1
 
 
 def test_failed_simulations_are_left_out_counted_and_kept():
@@ -171,6 +174,7 @@ def test_rounds_are_reproducible_and_leave_the_estimator_alone():
     (dict(quantile=0.7), "quantile"),
     (dict(min_acceptance=0.0), "min_acceptance"),
     (dict(observed=[np.nan]), "finite"),
+    (dict(warm_params=[("learning_rate", 1e-3)]), "warm_params"),
     (dict(observed=[1.0, 2.0]), "observed has 2"),
 ])
 def test_bad_arguments(kw, match):

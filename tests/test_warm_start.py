@@ -34,20 +34,22 @@ def trained():
 
 
 # ------------------------------------------------------------------ warm_start
-def test_warm_start_continues_from_the_fitted_weights(trained):
+def test_warm_start_continues_from_the_fitted_weights_and_improves_them(trained):
     start = weights(trained)
-    est = pickle.loads(pickle.dumps(trained)).set_params(warm_start=True, max_epochs=3)
-    cold_first_epoch = trained.loss_curve_[0]
+    est = pickle.loads(pickle.dumps(trained)).set_params(warm_start=True, max_epochs=6)
     mean = est.mean_.copy()
     est.fit(seed_task(1500, seed=1))
     # the histories continue; the first new epoch trains at the fitted level, not from scratch
-    assert est.n_iter_ == 8 + 3 and len(est.loss_curve_) == 11
-    assert len(est.validation_scores_) == 11
-    assert est.loss_curve_[8] < 0.75 * cold_first_epoch
+    assert est.n_iter_ == 8 + 6 and len(est.loss_curve_) == 14
+    assert len(est.validation_scores_) == 14
+    assert est.loss_curve_[8] < 0.75 * trained.loss_curve_[0]
     assert abs(est.loss_curve_[8] - trained.loss_curve_[-1]) < 0.1
     np.testing.assert_array_equal(est.mean_, mean)  # the first fit's standardiser stays
     assert not same_weights(weights(est), start)
     assert same_weights(weights(trained), start)  # the fitted estimator it copied is untouched
+    # and the continued model is better: a higher log density of fresh simulations
+    held_out = seed_task(500, seed=9)
+    assert est.score(held_out) > trained.score(held_out) + 0.05
 
 
 def test_warm_start_keeps_the_start_when_training_diverges(trained):
