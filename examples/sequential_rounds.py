@@ -9,7 +9,7 @@ highest-density region, the model warm-started on everything so far. The same bu
 one round is the comparison.
 
 Exact answer: theta | x_o ~ N(x_o, 0.1^2 I) (the prior's edges are far away).
-Small settings (a 32-wide network, 80 epochs per fit): about two minutes on 2 CPU cores.
+Small settings (a 32-wide network, 80 epochs per fit): about 2.5 minutes on one CPU thread.
 Saves a figure to examples/output/sequential_rounds.png.
 """
 
