@@ -170,8 +170,9 @@ def rounds(estimator, simulator, prior, observed, n_rounds: int = 5,
     ----------
     estimator : SimformerEstimator
         Its settings (unfitted or fitted: it is cloned, never changed). When its
-        ``variables`` is None, the clone groups the columns into two variables, ``theta`` and
-        ``x``, so that the training masks favour the posterior and the likelihood.
+        ``variables``, ``posterior_latent`` and ``posterior_observed`` are None, the clone
+        groups the columns into two variables, ``theta`` and ``x``, so that the training masks
+        favour the posterior and the likelihood.
     simulator, prior
         As :func:`skformer.simulate` takes them: ``simulator(theta)`` (or
         ``simulator(theta, rng)``) on a batch; ``prior`` with ``sample(shape)`` (torch, e.g.
@@ -386,8 +387,11 @@ def _first_round(initial, prior, n, seed, x_o):
 
 
 def _prepare(est, n_theta: int, n_x: int):
-    """Group the columns into theta and x for the training masks, unless the user did."""
-    if est.get_params().get("variables") is None:
+    """Group the columns into theta and x for the training masks, unless the user grouped
+    them or named the posterior's variables."""
+    params = est.get_params()
+    if all(params.get(k) is None for k in ("variables", "posterior_latent",
+                                             "posterior_observed")):
         est.set_params(variables=[n_theta, n_x])
     return est
 
