@@ -23,7 +23,6 @@ it stopped. Tasks run side by side, one process and one thread each.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import subprocess
 import sys
@@ -31,6 +30,9 @@ import time
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
+
+from rows import append as append_row
+from rows import read as read_rows
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results" / "sequential.csv"
@@ -42,19 +44,7 @@ BUDGET, ROUNDS, SAMPLES = 10_000, 5, 10_000
 
 
 def done() -> set[tuple[str, str, int]]:
-    if not OUT.exists():
-        return set()
-    with OUT.open() as f:
-        return {(r["task"], r["method"], int(r["observation"])) for r in csv.DictReader(f)}
-
-
-def append(row: dict) -> None:
-    new = not OUT.exists()
-    with OUT.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        if new:
-            w.writeheader()
-        w.writerow(row)
+    return {(r["task"], r["method"], int(r["observation"])) for r in read_rows(OUT)}
 
 
 def skformer_rounds(task, k, **options):
@@ -150,7 +140,7 @@ def run_task(name: str, observations: list[int], methods: list[str]) -> None:
                 continue
             samples, seconds, n_sims, n_rounds, acceptance = globals()[method](task, k)
             score = c2st(samples, task.reference(k, SAMPLES, seed=k))
-            append({"task": name, "method": method, "observation": k,
+            append_row(OUT, COLUMNS, {"task": name, "method": method, "observation": k,
                     "c2st": round(score, 4), "train_s": round(seconds, 1),
                     "simulations": n_sims, "rounds": n_rounds, "acceptance": acceptance,
                     "machine": machine(),

@@ -23,7 +23,6 @@ Tasks run two at a time (``--jobs``), in processes side by side, one thread each
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import subprocess
 import sys
@@ -31,6 +30,9 @@ import time
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
+
+from rows import append as append_row
+from rows import read as read_rows
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results" / "warm_start.csv"
@@ -42,19 +44,7 @@ N, NEW, OBSERVATIONS, SAMPLES = 10_000, 1_000, (1, 2, 3), 10_000
 
 
 def done() -> set[tuple[str, str]]:
-    if not OUT.exists():
-        return set()
-    with OUT.open() as f:
-        return {(r["task"], r["variant"]) for r in csv.DictReader(f)}
-
-
-def append(row: dict) -> None:
-    new = not OUT.exists()
-    with OUT.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        if new:
-            w.writeheader()
-        w.writerow(row)
+    return {(r["task"], r["variant"]) for r in read_rows(OUT)}
 
 
 def scores(est, task) -> list[float]:
@@ -93,10 +83,11 @@ def run_task(name: str) -> None:
     def record(variant, est, rows, seconds, epochs):
         c = scores(est, task)
         per_obs = {f"c2st_{k}": round(v, 4) for k, v in zip(OBSERVATIONS, c, strict=True)}
-        append({"task": name, "variant": variant, "rows": rows, "train_s": round(seconds, 1),
-                "epochs": epochs, **per_obs,
-                "c2st": round(sum(c) / len(c), 4), "machine": machine(),
-                "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        append_row(OUT, COLUMNS, {
+            "task": name, "variant": variant, "rows": rows, "train_s": round(seconds, 1),
+            "epochs": epochs, **per_obs, "c2st": round(sum(c) / len(c), 4),
+            "machine": machine(),
+            "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds")})
         print(f"{name} {variant}: {seconds:.0f} s, {epochs} epochs, C2ST {sum(c) / len(c):.3f}",
               flush=True)
 

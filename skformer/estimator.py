@@ -507,15 +507,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
             When ``max_epochs`` ended training before early stopping decided; the message says
             whether the loss was still improving or had stalled.
         """
-        snapshot = dict(self.__dict__)
-        try:
-            with torch_threads(self.n_threads):
-                result = self._fit(X)
-        except BaseException:
-            # nothing half-changed: a failed fit leaves the estimator as it was
-            self.__dict__.clear()
-            self.__dict__.update(snapshot)
-            raise
+        result = self._all_or_nothing(self._fit, X)
         if result.interrupted:
             message = (f"fit interrupted after {result.n_iter} epochs; the estimator keeps the "
                        f"weights of {_kept_weights(result)}, the best so far")
@@ -635,15 +627,20 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         >>> est.n_iter_, len(est.loss_curve_)
         (3, 3)
         """
+        self._all_or_nothing(self._partial_fit, X)
+        return self
+
+    def _all_or_nothing(self, step, X):
+        """``step(X)`` under ``n_threads``; if it raises (or is interrupted), the estimator is
+        put back as it was: nothing half-changed."""
         snapshot = dict(self.__dict__)
         try:
             with torch_threads(self.n_threads):
-                self._partial_fit(X)
+                return step(X)
         except BaseException:
             self.__dict__.clear()
             self.__dict__.update(snapshot)
             raise
-        return self
 
     def _partial_fit(self, X) -> None:
         first = "model_" not in self.__dict__
