@@ -33,6 +33,7 @@ from skformer.layout import Layout
 from skformer.masks import CONDITION_MASK_NAMES, TrainingMasks
 from skformer.model import SimformerModel, Standardiser
 from skformer.network import MaskedTransformer
+from skformer.positions import PositionTable, parse_positions
 from skformer.training import PartialTrainer, TrainConfig, TrainResult, train
 
 __all__ = ["SimformerEstimator"]
@@ -472,7 +473,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ fit
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, positions=None):
         """Train the network on joint simulations.
 
         Parameters
@@ -482,6 +483,15 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
             torch tensors and pandas DataFrames (column names become variable names).
         y : None
             Ignored.
+        positions : dict, optional
+            Function-valued variables: ``{name: T}`` gives the position (a time, a location)
+            at which each column of that variable was read, so that the network embeds it and
+            the variable can later be read anywhere (``condition(..., positions=...)``). T has
+            shape ``(k,)`` or ``(k, dim)`` for the variable's ``k`` columns, shared by every
+            row, or ``(n_samples, k)`` / ``(n_samples, k, dim)``, one set per row, with NaN for
+            a reading that is absent (its value is then ignored). Needs ``tokens="column"``.
+            In training each row keeps a random subset of these readings (see
+            ``docs/positions.md``).
 
         Returns
         -------
@@ -507,7 +517,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
             When ``max_epochs`` ended training before early stopping decided; the message says
             whether the loss was still improving or had stalled.
         """
-        result = self._all_or_nothing(self._fit, X)
+        result = self._all_or_nothing(self._fit, X, positions)
         if result.interrupted:
             message = (f"fit interrupted after {result.n_iter} epochs; the estimator keeps the "
                        f"weights of {_kept_weights(result)}, the best so far")
@@ -515,20 +525,22 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
             raise KeyboardInterrupt(message)
         return self
 
-    def _fit(self, X) -> TrainResult:
+    def _fit(self, X, positions=None) -> TrainResult:
         # parameters are validated by _fit_context (unless skip_parameter_validation is set)
         warm = bool(self.warm_start) and "model_" in self.__dict__
-        X = self._drop_empty_rows(self._validate_X(X, reset=not warm))
+        X = self._validate_X(X, reset=not warm)
+        layout = self._make_layout(X.shape[1])
+        X, P, table = self._read_positions(X, layout, positions)
+        X, P = self._drop_empty_rows(X, P)
         if X.shape[0] < 2:
             raise ValueError(
                 f"X needs at least 2 samples (rows) to fit; got {X.shape[0]} sample."
             )
-        layout = self._make_layout(X.shape[1])
         split = self._training_split(layout)
         device = distributed.local_device(resolve_device(self.device))
         group = distributed.current(device)
         seeds = fit_seeds(self.random_state, len(self.loss_curve_) if warm else 0)
-        model = self._build_model(X, layout, seeds)  # the same weights on every rank
+        model = self._build_model(X, layout, seeds, table)  # the same weights on every rank
         if warm:
             model = self._continued(model)
         if group is not None:  # each rank draws its own masks, noise and order
@@ -540,15 +552,20 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         model = model.to(device)
         self._note_missing(model, X, keep=warm)
         # standard units, NaN where missing: the loop leaves those entries out
-        x_train, x_val = self._split_rows(model.standardiser(torch.as_tensor(X).to(device)),
-                                          seeds)
+        Z = model.standardiser(torch.as_tensor(X).to(device))
+        x_train, x_val = self._split_rows(Z, seeds)
+        p_train = p_val = None
+        if P is not None:  # positions in standard units follow their rows
+            p_train, p_val = self._split_rows(
+                model.positions.columns(layout, torch.as_tensor(P).to(device)), seeds)
         self.batch_size_ = self._resolve_batch_size(x_train.shape[0], device)
         if group is not None:  # the same batch in all, split over the ranks
             self.batch_size_ = max(1, self.batch_size_ // group.world)
-        config = self._train_config()
+        config = self._train_config(model)
         model.marginal_fraction = config.marginal_fraction
         network, result = train(model.network, model.dynamics, x_train, x_val, masks,
-                                validation_masks, config, seeds, group, keep_start=warm)
+                                validation_masks, config, seeds, group, keep_start=warm,
+                                p_train=p_train, p_val=p_val)
         model.network = network
         self.model_ = model.requires_grad_(False).eval()
         self._record(result, continued=warm)
@@ -567,7 +584,10 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
 
     def _check_unchanged(self, fresh: SimformerModel) -> None:
         old, new = self.model_.describe(), fresh.describe()
-        changed = [part for part in ("layout", "dynamics", "network") if old[part] != new[part]]
+        for d in (old, new):  # which variables carry positions, not whether rows shared them
+            d["positions"] = {k: v for k, v in d.get("positions", {}).items() if k != "shared"}
+        changed = [part for part in ("layout", "dynamics", "network", "positions")
+                   if old[part] != new[part]]
         if changed:
             raise ValueError(
                 f"warm_start=True (and partial_fit) continue the fitted model, but the "
@@ -582,7 +602,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         model.missing_seen.copy_(model.missing_seen | seen if keep else seen)
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def partial_fit(self, X, y=None):
+    def partial_fit(self, X, y=None, positions=None):
         """One pass over the rows of X: one optimiser step per ``batch_size_`` rows, in order.
 
         For simulations that arrive in chunks: each call trains on its chunk at the cost of
@@ -602,6 +622,9 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
             A chunk of simulations; the first call needs at least 2 rows.
         y : None
             Ignored.
+        positions : dict, optional
+            As in :meth:`fit`, for this chunk's rows; every call must give positions for the
+            same variables.
 
         Returns
         -------
@@ -627,36 +650,38 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         >>> est.n_iter_, len(est.loss_curve_)
         (3, 3)
         """
-        self._all_or_nothing(self._partial_fit, X)
+        self._all_or_nothing(self._partial_fit, X, positions)
         return self
 
-    def _all_or_nothing(self, step, X):
-        """``step(X)`` under ``n_threads``; if it raises (or is interrupted), the estimator is
-        put back as it was: nothing half-changed."""
+    def _all_or_nothing(self, step, *args):
+        """``step(*args)`` under ``n_threads``; if it raises (or is interrupted), the estimator
+        is put back as it was: nothing half-changed."""
         snapshot = dict(self.__dict__)
         try:
             with torch_threads(self.n_threads):
-                return step(X)
+                return step(*args)
         except BaseException:
             self.__dict__.clear()
             self.__dict__.update(snapshot)
             raise
 
-    def _partial_fit(self, X) -> None:
+    def _partial_fit(self, X, positions=None) -> None:
         first = "model_" not in self.__dict__
-        X = self._drop_empty_rows(self._validate_X(X, reset=first))
+        X = self._validate_X(X, reset=first)
+        layout = self._make_layout(X.shape[1])
+        X, P, table = self._read_positions(X, layout, positions)
+        X, P = self._drop_empty_rows(X, P)
         if first and X.shape[0] < 2:
             raise ValueError(f"the first partial_fit needs at least 2 samples (rows) to build "
                              f"the model; got {X.shape[0]}.")
         device = distributed.local_device(resolve_device(self.device))
         if distributed.current(device) is not None:
             raise ValueError("partial_fit does not train data-parallel under torchrun; use fit.")
-        layout = self._make_layout(X.shape[1])
         split = self._training_split(layout)
         trainer = self.__dict__.get("_partial")
         if trainer is None:
             seeds = fit_seeds(self.random_state, 0 if first else len(self.loss_curve_))
-            model = self._build_model(X, layout, seeds)
+            model = self._build_model(X, layout, seeds, table)
             if first:
                 self.batch_size_ = self._resolve_batch_size(X.shape[0], device)
                 self.loss_curve_, self.validation_scores_, self.n_iter_ = [], [], 0
@@ -664,7 +689,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
             else:
                 model = self._continued(model)
             model = model.to(device)
-            config = self._train_config()
+            config = self._train_config(model)
             model.marginal_fraction = config.marginal_fraction
             masks = TrainingMasks(self.condition_masks, self.edge_masks, layout, split,
                                   seeds.masks, device)
@@ -672,12 +697,14 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
                                      model.dynamics, masks, config, seeds)
             self.model_ = model.requires_grad_(False).eval()
         else:  # the parameters must still describe the model
-            self._check_unchanged(self._build_model(X, layout, fit_seeds(0)))
-            trainer.reconfigure(self._train_config())
+            self._check_unchanged(self._build_model(X, layout, fit_seeds(0), table))
+            trainer.reconfigure(self._train_config(self.model_))
         model = copy.deepcopy(self.model_)
         model.marginal_fraction = trainer.config.marginal_fraction
         self._note_missing(model, X, keep=not first)
-        loss = trainer.pass_over(model.standardiser(torch.as_tensor(X).to(model.device)))
+        p = None if P is None else model.positions.columns(
+            layout, torch.as_tensor(P).to(model.device))
+        loss = trainer.pass_over(model.standardiser(torch.as_tensor(X).to(model.device)), p)
         model.network = copy.deepcopy(trainer.ema)
         self.model_ = model.requires_grad_(False).eval()
         self._partial = trainer
@@ -686,18 +713,56 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         self.best_epoch_ = self.n_iter_ - 1
         self.n_training_rows_ += X.shape[0]
 
-    def _drop_empty_rows(self, X: np.ndarray) -> np.ndarray:
-        """Rows with no value at all carry nothing to learn: dropped, with a warning."""
+    def _drop_empty_rows(self, X: np.ndarray, P: np.ndarray | None = None
+                         ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Rows with no value at all carry nothing to learn: dropped (from the positions too),
+        with a warning."""
         empty = np.isnan(X).all(axis=1)
         if empty.any():
             warn(f"{int(empty.sum())} of {X.shape[0]} rows of X are missing every value "
                  f"(rows {np.flatnonzero(empty)[:10].tolist()}"
                  f"{' ...' if empty.sum() > 10 else ''}); fit leaves them out.", UserWarning)
-        return X[~empty]
+        return X[~empty], (None if P is None else P[~empty])
 
-    def _build_model(self, X: np.ndarray, layout: Layout, seeds: FitSeeds) -> SimformerModel:
+    def _read_positions(self, X: np.ndarray, layout: Layout, positions
+                        ) -> tuple[np.ndarray, np.ndarray | None, PositionTable | None]:
+        """Validate ``fit``'s positions -> (X with absent readings NaN, positions of every
+        column (n, n_columns, dim) in data units with NaN where a column has none, the
+        model's position table); (X, None, None) without positions."""
+        if positions is None:
+            return X, None, None
+        if self.tokens != "column":
+            raise ValueError(f"positions need one token per column (tokens='column'); got "
+                             f"tokens={self.tokens!r}.")
+        parsed = parse_positions(positions, layout, X.shape[0])
+        dim = next(iter(parsed.values())).shape[-1]
+        n = X.shape[0]
+        P = np.full((n, layout.n_columns, dim), np.nan)
+        variables = sorted(parsed)
+        low, high = np.empty((len(variables), dim)), np.empty((len(variables), dim))
+        for r, v in enumerate(variables):
+            cols = list(layout.groups[v])
+            P[:, cols, :] = parsed[v]
+            present = P[:, cols, 0][~np.isnan(P[:, cols, 0])]
+            if present.size == 0:
+                raise ValueError(f"positions[{layout.names[v]!r}] holds no position (all NaN).")
+            block = P[:, cols, :].reshape(-1, dim)
+            low[r], high[r] = np.nanmin(block, 0), np.nanmax(block, 0)
+        absent = np.isnan(P[..., 0])
+        absent[:, [c for c in range(layout.n_columns)
+                   if layout.column_variable[c] not in parsed]] = False
+        if absent.any():
+            X = np.where(absent, np.nan, X)
+        shared = all(a.ndim == 2 for a in parsed.values())
+        table = PositionTable(variables, torch.as_tensor(low), torch.as_tensor(high),
+                              torch.as_tensor(P[0]) if shared else None)
+        return X, P, table
+
+    def _build_model(self, X: np.ndarray, layout: Layout, seeds: FitSeeds,
+                     positions: PositionTable | None = None) -> SimformerModel:
         """An untrained model: standardiser fitted to X, dynamics, freshly seeded network (on
-        the CPU; the caller moves it)."""
+        the CPU; the caller moves it). With ``positions``, the columns of each variable with
+        positions share one identity and one standardisation."""
         self.token_columns_ = self._token_columns(layout)
         if self.d_model % self.n_heads:
             raise ValueError(
@@ -708,12 +773,26 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         groups = self.token_columns_
         if all(len(g) == 1 for g in groups):
             groups = None  # one token per column: the paper's embedding
+        identities, tied, dim = None, None, 0
+        if positions is not None:
+            identities, first = [], {}
+            for c in range(layout.n_columns):
+                v = int(layout.column_variable[c])
+                if v in positions.variables and v in first:
+                    identities.append(first[v])
+                    continue
+                identities.append(len(set(identities)))
+                first[v] = identities[-1]
+            tied = [list(layout.groups[v]) for v in positions.variables]
+            dim = positions.dim
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seeds.weights)
             network = MaskedTransformer(layout.n_columns, self.d_model, self.n_layers,
-                                        self.n_heads, groups=groups)
-        return SimformerModel(network, dynamics, Standardiser.from_data(torch.as_tensor(X)),
-                              layout)
+                                        self.n_heads, groups=groups, identities=identities,
+                                        position_dim=dim)
+        return SimformerModel(network, dynamics,
+                              Standardiser.from_data(torch.as_tensor(X), tied), layout,
+                              positions=positions)
 
     def _split_rows(self, Z: torch.Tensor, seeds: FitSeeds
                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -736,7 +815,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
             return min(4096 if device.type == "cuda" else 512, max(32, n_train // 16))
         return int(self.batch_size)
 
-    def _train_config(self) -> TrainConfig:
+    def _train_config(self, model: SimformerModel | None = None) -> TrainConfig:
         from_parameters = dict(
             max_epochs=self.max_epochs,
             batch_size=self.batch_size_,
@@ -754,6 +833,10 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         if unknown:
             raise ValueError(f"training_options does not take {unknown}; it takes {allowed} "
                              "(the other settings are parameters).")
+        if model is not None and model.positions is not None and "subset_columns" not in options:
+            # each row keeps a random subset of its readings: any number of them at inference
+            options["subset_columns"] = tuple(
+                int(c) for v in model.positions.variables for c in model.layout.groups[v])
         config = TrainConfig(**options, **from_parameters)
         config.check()
         return config
@@ -801,12 +884,37 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         warn(message, ConvergenceWarning)
 
     # ------------------------------------------------------------------ inference
-    def _conditional(self, condition_columns, edge_columns, returned=None) -> Conditional:
-        return Conditional(self.model_, condition_columns, edge_columns, returned=returned,
-                           solver=self.solver, sampling_steps=self.sampling_steps,
+    def _conditional(self, condition_columns, edge_columns, returned=None,
+                     model: SimformerModel | None = None) -> Conditional:
+        return Conditional(self.model_ if model is None else model, condition_columns,
+                           edge_columns, returned=returned, solver=self.solver,
+                           sampling_steps=self.sampling_steps,
                            log_prob_steps=self.log_prob_steps)
 
-    def condition(self, condition_mask, edge_mask=None) -> Conditional:
+    def _at(self, positions) -> SimformerModel:
+        """The fitted model over the tokens ``positions`` asks for (see
+        :meth:`SimformerModel.at`): the model itself without positions."""
+        model = self.model_
+        if positions is None:
+            return model.at()
+        table = model.positions
+        if table is None:
+            raise ValueError("positions= applies to a model fitted with positions; this one "
+                             "was fitted without.")
+        given = parse_positions(positions, model.layout, None, sizes={})
+        dim = next(iter(given.values())).shape[-1]
+        if dim != table.dim:
+            raise ValueError(f"the model was fitted with positions of {table.dim} coordinates; "
+                             f"got {dim}.")
+        for v, p in given.items():
+            if v in table.variables and table.outside(v, p):
+                r = table.variables.index(v)
+                warn(f"positions of {model.layout.names[v]!r} lie outside the training range "
+                     f"[{table.low[r].tolist()}, {table.high[r].tolist()}]: the model "
+                     "extrapolates there.", UserWarning)
+        return model.at(given)
+
+    def condition(self, condition_mask, edge_mask=None, positions=None) -> Conditional:
         """The conditional distribution for one condition mask (True = observed).
 
         Parameters
@@ -814,22 +922,50 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         condition_mask : array-like of bool, one per variable or one per column
         edge_mask : array-like of bool of shape (n_variables, n_variables) or
             (n_columns, n_columns), optional. ``[i, j]`` True lets i attend to j.
+        positions : dict, optional
+            For a model fitted with positions: ``{name: t_new}`` reads that variable at the
+            positions ``t_new`` (shape ``(k,)`` or ``(k, dim)``, any ``k``), so that it has
+            ``k`` columns in this conditional (observed, latent or both, as the mask says; a
+            mask per column follows the new columns). Variables not named keep their training
+            positions (which needs them shared by every training row). Positions outside the
+            training range warn that the model extrapolates.
 
         Returns
         -------
         Conditional
+
+        Examples
+        --------
+        A model of a function ``x(t) = theta t`` read at 5 random times per simulation, then
+        asked for theta from 2 readings at new times:
+
+        >>> import numpy as np
+        >>> from skformer import SimformerEstimator
+        >>> rng = np.random.default_rng(0)
+        >>> theta = rng.normal(size=(400, 1))
+        >>> t = rng.uniform(0, 1, size=(400, 5))
+        >>> X = np.hstack([theta, theta * t + 0.1 * rng.normal(size=t.shape)])
+        >>> est = SimformerEstimator(variables=[1, 5], max_epochs=2, d_model=16, n_layers=1,
+        ...                          random_state=0).fit(X, positions={"v1": t})
+        >>> post = est.condition([False, True], positions={"v1": [0.2, 0.9]})
+        >>> post.observed_names
+        ['v1[0]', 'v1[1]']
+        >>> post.sample(3, observed=[0.1, 0.5], random_state=0).shape
+        (3, 1)
         """
         check_is_fitted(self, "model_")
-        layout = self.layout_
+        model = self._at(positions)
+        layout = model.layout
         columns = layout.condition_columns(condition_mask)
-        edges = self._edges_for(columns, edge_mask)
+        edges = self._edges_for(columns, edge_mask, layout)
         self._check_token_masks(columns, edges)
-        return self._conditional(columns, edges)
+        return self._conditional(columns, edges, model=model)
 
-    def _edges_for(self, columns: np.ndarray, edge_mask) -> np.ndarray | None:
+    def _edges_for(self, columns: np.ndarray, edge_mask,
+                   layout: Layout | None = None) -> np.ndarray | None:
         """The column edge mask of a conditional: the one given, else the declared DAG's for
         this condition (when ``edge_masks`` is a :class:`~skformer.graph.DAG`), else None."""
-        layout = self.layout_
+        layout = self.layout_ if layout is None else layout
         if edge_mask is None and isinstance(self.edge_masks, DAG):
             observed = layout.variable_condition(columns)
             edge_mask = self.edge_masks.mask(observed, layout.n_variables, layout.names)
@@ -860,25 +996,31 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
                     "per variable, or fit with tokens='column'."
                 )
 
-    def _split_conditional(self, observed_vars: list[int], returned_vars: list[int], edge_mask):
-        layout = self.layout_
+    def _split_conditional(self, observed_vars: list[int], returned_vars: list[int], edge_mask,
+                           positions=None):
+        model = self._at(positions)
+        layout = model.layout
         var_mask = np.zeros(layout.n_variables, dtype=bool)
         var_mask[observed_vars] = True
         keep = np.isin(layout.column_variable, returned_vars)
         columns = layout.condition_columns(var_mask)
-        return self._conditional(columns, self._edges_for(columns, edge_mask), returned=keep)
+        return self._conditional(columns, self._edges_for(columns, edge_mask, layout),
+                                 returned=keep, model=model)
 
-    def posterior(self, edge_mask=None) -> Conditional:
-        """p(posterior_latent | posterior_observed); other variables are marginalised out."""
+    def posterior(self, edge_mask=None, positions=None) -> Conditional:
+        """p(posterior_latent | posterior_observed); other variables are marginalised out.
+        ``positions`` as in :meth:`condition`."""
         check_is_fitted(self, "model_")
         latent, observed = self._posterior_indexes(self.layout_)
-        return self._split_conditional(observed, latent, edge_mask)
+        return self._split_conditional(observed, latent, edge_mask, positions)
 
-    def likelihood(self, edge_mask=None) -> Conditional:
-        """p(posterior_observed | posterior_latent); other variables are marginalised out."""
+    def likelihood(self, edge_mask=None, positions=None) -> Conditional:
+        """p(posterior_observed | posterior_latent); other variables are marginalised out.
+        ``positions`` as in :meth:`condition` (e.g. a dense grid: the likelihood as a
+        function)."""
         check_is_fitted(self, "model_")
         latent, observed = self._posterior_indexes(self.layout_)
-        return self._split_conditional(latent, observed, edge_mask)
+        return self._split_conditional(latent, observed, edge_mask, positions)
 
     def set_condition_indexes(self, new_posterior_latent_idx=None,
                               new_posterior_observed_idx=None):
@@ -905,7 +1047,9 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
 
     def _joint(self) -> Conditional:
         check_is_fitted(self, "model_")
-        return self._conditional(np.zeros(self.layout_.n_columns, dtype=bool), None)
+        model = self.model_.at()
+        return self._conditional(np.zeros(model.layout.n_columns, dtype=bool), None,
+                                 model=model)
 
     def score_samples(self, X):
         """Joint log density of each row, by the probability-flow ODE (exact divergence up to

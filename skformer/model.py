@@ -25,6 +25,7 @@ from skformer.dynamics.solvers import Denoiser, log_density, solve, with_diverge
 from skformer.guidance import LinearConstraints, sample_satisfying
 from skformer.layout import Layout
 from skformer.network import LATENT, MISSING, OBSERVED, MaskedTransformer
+from skformer.positions import PositionedNetwork, PositionTable
 
 __all__ = ["Standardiser", "SimformerModel", "MAX_ARCHITECTURE"]
 
@@ -54,15 +55,23 @@ class Standardiser(nn.Module):
         self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float64).clone())
 
     @classmethod
-    def from_data(cls, X: torch.Tensor) -> Standardiser:
+    def from_data(cls, X: torch.Tensor, tied: list[list[int]] | None = None) -> Standardiser:
         """Column means and standard deviations of ``X`` (n_rows, n_columns), missing entries
         (NaN) left out; a column that is constant (its spread within 1e-12 of its mean's
-        magnitude) keeps scale 1.
+        magnitude) keeps scale 1. The columns of each group in ``tied`` (the readings of one
+        function) share one mean and scale, those of all their entries.
 
         Each column is divided by its largest magnitude first, so that squares cannot overflow:
         any finite float64 data (1e300 included) gives a finite mean and scale.
         """
         X = X.to(torch.float64)
+        if tied:
+            out = cls.from_data(X)
+            for cols in tied:
+                pooled = cls.from_data(X[:, list(cols)].reshape(-1, 1))
+                out.mean[list(cols)] = pooled.mean
+                out.scale[list(cols)] = pooled.scale
+            return out
         present = ~torch.isnan(X)
         if not bool(present.any(0).all()):
             empty = (~present.any(0)).nonzero().flatten().tolist()
@@ -116,16 +125,21 @@ class SimformerModel(nn.Module):
         Share of training rows that left their observed columns out (see
         :class:`~skformer.training.TrainConfig`); above 0 the network knows the marginals of
         latent columns alone, which iid-trial sampling needs (:meth:`sample_iid`).
+    positions : PositionTable, optional
+        The variables whose columns carry positions (a network with ``position_dim > 0``).
+        Such a model is used through :meth:`at`, which binds one set of tokens.
     """
 
     def __init__(self, network: MaskedTransformer, dynamics: Dynamics,
-                 standardiser: Standardiser, layout: Layout, marginal_fraction: float = 0.0):
+                 standardiser: Standardiser, layout: Layout, marginal_fraction: float = 0.0,
+                 positions: PositionTable | None = None):
         super().__init__()
         self.network = network
         self.standardiser = standardiser
         self.dynamics = dynamics
         self.layout = layout
         self.marginal_fraction = float(marginal_fraction)
+        self.positions = positions
         # which columns the model saw missing in training: it can leave only those out
         self.register_buffer("missing_seen",
                              torch.zeros(layout.n_columns, dtype=torch.bool,
@@ -138,6 +152,68 @@ class SimformerModel(nn.Module):
     @property
     def n_columns(self) -> int:
         return self.layout.n_columns
+
+    # ------------------------------------------------------------------ tokens with positions
+    def at(self, given: dict[int, np.ndarray] | None = None) -> SimformerModel:
+        """This model over one set of tokens: itself when no variable carries positions, else
+        a view (sharing the weights) whose positional variables have the columns ``given``.
+
+        given : ``{variable index: (k, dim) positions in data units}`` for positional
+        variables; the others keep their training positions, which needs them to have been
+        shared by every training row. In the view, variables lie in order, each one's columns
+        next to each other; a positional variable's columns share its standardiser entries,
+        and the network may leave any of them out (they were left out at random in training).
+        """
+        table = self.positions
+        given = dict(given or {})
+        if table is None:
+            if given:
+                raise ValueError("this model was fitted without positions.")
+            return self
+        layout, device = self.layout, self.device
+        ids = self.network._ids(device)
+        columns, pos, sizes = [], [], []
+        for v, g in enumerate(layout.groups):
+            g = list(g)
+            if v not in table.variables:
+                if v in given:
+                    raise ValueError(f"variable {layout.names[v]!r} had no positions in "
+                                     "training; it cannot take any now.")
+                columns += g
+                pos.append(torch.full((len(g), table.dim), math.nan, device=device))
+                sizes.append(len(g))
+                continue
+            if v in given:
+                p = torch.as_tensor(given[v], dtype=torch.float64, device=device)
+            elif table.shared:
+                p = table.default[g]
+            else:
+                raise ValueError(
+                    f"variable {layout.names[v]!r} was fitted with positions per row, so it "
+                    f"has no positions of its own: pass positions={{{layout.names[v]!r}: ...}}."
+                )
+            columns += [g[0]] * p.shape[0]
+            pos.append(table.standard(v, p))
+            sizes.append(p.shape[0])
+        src = torch.as_tensor(columns, device=device)
+        labels = None
+        if layout.column_labels is not None:
+            labels = []
+            for v, k in enumerate(sizes):
+                labels += ([layout.column_labels[c] for c in layout.groups[v]]
+                           if v not in table.variables
+                           else [f"{layout.names[v]}[{i}]" for i in range(k)])
+        view_layout = Layout.from_spec(len(columns), sizes, names=list(layout.names),
+                                       column_labels=labels)
+        network = PositionedNetwork(self.network, torch.cat(pos), ids[src])
+        view = SimformerModel(network, self.dynamics,
+                              Standardiser(self.standardiser.mean[src],
+                                           self.standardiser.scale[src]),
+                              view_layout, self.marginal_fraction)
+        positional = torch.as_tensor(
+            [v in table.variables for v in view_layout.column_variable], device=device)
+        view.missing_seen = self.missing_seen[src] | positional
+        return view.to(device).requires_grad_(False).eval()
 
     def rows_per_chunk(self) -> int:
         """Rows per network call: on a GPU as many as keep attention activations to a few
@@ -472,12 +548,15 @@ class SimformerModel(nn.Module):
     # ------------------------------------------------------------------ description
     def describe(self) -> dict[str, Any]:
         """What rebuilds this model besides its ``state_dict``: JSON values only."""
-        return {
+        out = {
             "layout": self.layout.to_dict(),
             "dynamics": {"method": self.dynamics.name, "config": self.dynamics.config()},
             "network": self.network.config(),
             "training": {"marginal_fraction": self.marginal_fraction},
         }
+        if self.positions is not None:
+            out["positions"] = self.positions.describe()
+        return out
 
     @classmethod
     def from_description(cls, description: Any, state_dict: dict[str, torch.Tensor],
@@ -501,10 +580,26 @@ class SimformerModel(nn.Module):
         dynamics = make_dynamics(spec.get("method"), spec["config"])
         arch = description.get("network")
         keys = ("n_tokens", "d_model", "n_layers", "n_heads")
-        if not isinstance(arch, dict) or not set(keys) <= set(arch) <= {*keys, "groups"} \
+        optional = {"groups", "identities", "position_dim"}
+        if not isinstance(arch, dict) or not set(keys) <= set(arch) <= {*keys, *optional} \
                 or not all(type(arch[k]) is int and arch[k] >= 1 for k in keys):
             raise ValueError(f"the network description needs positive integers {keys} (and "
-                             f"optionally groups); got {arch!r}.")
+                             f"optionally {sorted(optional)}); got {arch!r}.")
+        ids = arch.get("identities")
+        if ids is not None and not (isinstance(ids, list) and len(ids) == arch["n_tokens"]
+                                    and all(type(i) is int and 0 <= i < arch["n_tokens"]
+                                            for i in ids)):
+            raise ValueError(f"network identities must be one index per column; got {ids!r}.")
+        pdim = arch.get("position_dim", 0)
+        table = None
+        if "positions" in description:
+            table = PositionTable.skeleton(description["positions"], layout.n_columns)
+            if any(v >= layout.n_variables for v in table.variables):
+                raise ValueError(f"positions name variables {table.variables} of a layout "
+                                 f"with {layout.n_variables}.")
+        if (table.dim if table is not None else 0) != pdim:
+            raise ValueError(f"the network embeds positions of dimension {pdim!r} but the "
+                             f"model describes {table.describe() if table else 'none'}.")
         groups = arch.get("groups")
         if groups is not None and not (isinstance(groups, list) and all(
                 isinstance(g, list) and all(type(c) is int for c in g) for g in groups)):
@@ -522,7 +617,8 @@ class SimformerModel(nn.Module):
         T = layout.n_columns
         with torch.device("meta"):
             skeleton = cls(MaskedTransformer(**arch), dynamics,
-                           Standardiser(torch.zeros(T), torch.ones(T)), layout)
+                           Standardiser(torch.zeros(T), torch.ones(T)), layout,
+                           positions=table)
         expected = {k: (tuple(v.shape), v.dtype) for k, v in skeleton.state_dict().items()}
         got = {k: (tuple(v.shape), v.dtype) for k, v in state_dict.items()}
         if expected != got:
@@ -534,8 +630,10 @@ class SimformerModel(nn.Module):
                 f"unexpected {unexpected}, wrong shape or dtype "
                 f"{[(k, expected[k], got[k]) for k in wrong]}."
             )
+        # shared training positions are NaN for the columns without one (never infinite)
         bad = [k for k, v in state_dict.items() if v.is_floating_point()
-               and not bool(torch.isfinite(v).all())]
+               and not bool((torch.isfinite(v) | (torch.isnan(v) if k == "positions.default"
+                                                  else False)).all())]
         if bad:
             raise ValueError(f"the weights hold non-finite values in {bad}.")
         scale = state_dict["standardiser.scale"]

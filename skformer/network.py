@@ -8,6 +8,12 @@ rest of skformer still sees columns, and every step costs work for far fewer tok
 Pre-LayerNorm blocks attend under a per-sample boolean mask built from the edge mask, and a
 per-token head reads one output per column (Gloeckler et al., "All-in-one simulation-based
 inference", ICML 2024, section 3).
+
+Function-valued data (``position_dim > 0``): a token may also carry where (or when) its value
+was observed. Columns then name an *identity* (``identities``: the columns of one function
+share one) and each token adds a Fourier embedding of its position, so that one network serves
+any number of tokens of that function at any positions (section 3.3 of the paper, "tokens
+with metadata").
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MaskedTransformer", "LATENT", "OBSERVED", "MISSING", "attention"]
+__all__ = ["MaskedTransformer", "LATENT", "OBSERVED", "MISSING", "attention", "FourierPosition"]
 
 LATENT, OBSERVED, MISSING = 0, 1, 2
 """Column states, as ``uint8`` values of the ``observed`` argument (a bool tensor means only
@@ -38,6 +44,28 @@ class FourierTime(nn.Module):
         """t: tensor of shape (batch,) -> (batch, dim)."""
         angles = t[:, None] * self.freqs
         return self.mlp(torch.cat([angles.sin(), angles.cos()], dim=-1))
+
+
+class FourierPosition(nn.Module):
+    """Positions of ``dim`` coordinates -> ``d_model`` features: the coordinates and fixed
+    log-spaced sinusoids of each (angular frequencies 0.5 to 64, for positions in standard
+    units of about [-1, 1]), then a learnt linear projection. A token without a position (NaN)
+    gets zero features."""
+
+    def __init__(self, dim: int, d_model: int, n_freqs: int = 16):
+        super().__init__()
+        self.dim = dim
+        self.register_buffer("freqs", torch.exp(torch.linspace(math.log(0.5), math.log(64.0),
+                                                               n_freqs)))
+        self.proj = nn.Linear(dim * (2 * n_freqs + 1), d_model)
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        """positions: (batch, tokens, dim), NaN for none -> (batch, tokens, d_model)."""
+        has = ~torch.isnan(positions).any(-1, keepdim=True)
+        u = positions.nan_to_num(0.0)
+        angles = u[..., None] * self.freqs  # (batch, tokens, dim, n_freqs)
+        feats = torch.cat([u[..., None], angles.sin(), angles.cos()], -1).flatten(-2)
+        return torch.where(has, self.proj(feats), 0.0)
 
 
 ATTENTION = "auto"
@@ -106,19 +134,39 @@ class MaskedTransformer(nn.Module):
         observed flags of its columns through weights of its own, and its head reads one output
         per column. None: one token per column, embedding value, column identity and condition
         state (the Simformer paper's tokens).
+    identities : list of int, optional
+        One token per column: the identity embedding of each column (columns that sample one
+        function share one). None: every column its own, ``0 .. n_tokens - 1``.
+    position_dim : int, default=0
+        Coordinates of a token's position (0: tokens carry none). Positions come with each
+        call (:meth:`forward`); tokens without one pass NaN.
     """
 
     def __init__(self, n_tokens: int, d_model: int = 64, n_layers: int = 4, n_heads: int = 4,
-                 groups: list[list[int]] | None = None):
+                 groups: list[list[int]] | None = None, identities: list[int] | None = None,
+                 position_dim: int = 0):
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads}).")
         self.n_tokens, self.d_model = n_tokens, d_model
         self.n_layers, self.n_heads = n_layers, n_heads
         self.groups = None if groups is None else [[int(c) for c in g] for g in groups]
+        self.identities = None if identities is None else [int(i) for i in identities]
+        self.position_dim = int(position_dim)
+        if self.groups is not None and (self.identities is not None or self.position_dim):
+            raise ValueError("tokens with positions or shared identities need one token per "
+                             "column (no groups).")
+        if self.identities is not None and (
+                len(self.identities) != n_tokens or min(self.identities) < 0):
+            raise ValueError(f"identities must give one index >= 0 per column ({n_tokens}); got "
+                             f"{identities}.")
+        self.position = (FourierPosition(self.position_dim, d_model)
+                         if self.position_dim > 0 else None)
+        self._default_ids: dict[torch.device, torch.Tensor] = {}
         if self.groups is None:
             self.value = nn.Linear(1, d_model)
-            self.token_id = nn.Embedding(n_tokens, d_model)
+            n_ids = n_tokens if self.identities is None else max(self.identities) + 1
+            self.token_id = nn.Embedding(n_ids, d_model)
             self.condition = nn.Embedding(2, d_model)
             self.head = nn.Linear(d_model, 1)
             nn.init.zeros_(self.head.weight)
@@ -162,14 +210,28 @@ class MaskedTransformer(nn.Module):
                "n_heads": self.n_heads}
         if self.groups is not None:
             out["groups"] = [list(g) for g in self.groups]
+        if self.identities is not None:
+            out["identities"] = list(self.identities)
+        if self.position_dim:
+            out["position_dim"] = self.position_dim
         return out
 
-    def _embed(self, x, observed, missing):
+    def _ids(self, device: torch.device) -> torch.Tensor:
+        """The training columns' identities as a tensor on ``device`` (made once per device)."""
+        if device not in self._default_ids:
+            ids = range(self.n_tokens) if self.identities is None else self.identities
+            self._default_ids[device] = torch.as_tensor(list(ids), device=device)
+        return self._default_ids[device]
+
+    def _embed(self, x, observed, missing, positions=None, identities=None):
         B, T = x.shape
         if self.groups is None:
-            ids = torch.arange(T, device=x.device)
-            return (self.value(x[..., None]) + self.token_id(ids)
-                    + self.condition(observed.long().expand(B, T)))
+            ids = self._ids(x.device) if identities is None else identities
+            h = (self.value(x[..., None]) + self.token_id(ids)
+                 + self.condition(observed.long().expand(B, T)))
+            if positions is not None:
+                h = h + self.position(positions.to(h.dtype))
+            return h
         pad, index = x.new_zeros(B, 1), self._index(x.device)
         if missing is not None:  # a missing column has no value to embed
             x = torch.where(missing, 0.0, x)
@@ -196,6 +258,8 @@ class MaskedTransformer(nn.Module):
         t: torch.Tensor,
         observed: torch.Tensor,
         edges: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+        identities: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Network output for every column.
 
@@ -211,6 +275,12 @@ class MaskedTransformer(nn.Module):
         edges : bool tensor of shape (batch, columns, columns) or (columns, columns), optional
             ``edges[..., i, j]`` True lets column i attend to column j (with ``groups``, the
             first column of each group speaks for its group). None = full attention.
+        positions : tensor of shape (batch, tokens, position_dim) or (1, tokens, position_dim)
+            Each token's position (NaN: it has none); only with ``position_dim > 0``, and then
+            required.
+        identities : long tensor of shape (tokens,), optional
+            Each token's identity, for a set of tokens other than the training columns (its
+            length then sets the number of tokens). None: the training columns'.
 
         Returns
         -------
@@ -219,7 +289,10 @@ class MaskedTransformer(nn.Module):
         missing = None
         if observed.dtype != torch.bool:  # states: missing columns possible
             missing, observed = observed == MISSING, observed == OBSERVED
-        h = self._embed(x, observed, missing) + self.time(t)[:, None, :]
+        if (positions is None) != (self.position is None):
+            raise ValueError("this network embeds positions: pass positions=" if positions is None
+                             else "this network has no position embedding (position_dim=0).")
+        h = self._embed(x, observed, missing, positions, identities) + self.time(t)[:, None, :]
         if self.groups is not None:
             first = self._index(h.device)[:, 0]
             if edges is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,6 +53,12 @@ class TrainConfig:
     instead: those rows teach the network the marginal of their latent columns alone, e.g. the
     prior of the parameters, which iid-trial sampling composes with (see
     :mod:`skformer.dynamics.compose`)."""
+    subset_columns: tuple[int, ...] = ()
+    """Columns of which each row keeps a random subset: in a :attr:`subset_fraction` of the
+    rows each of them is left out (``MISSING``) with a probability drawn per row from U(0, 1),
+    so that the network learns every number of them (the readings of a function: tokens with
+    positions)."""
+    subset_fraction: float = 0.5
     cuda_graphs: bool = True
     """On a CUDA device (single process), record the optimiser step (forward, backward,
     clipping, AdamW) once as a CUDA graph and replay it: at these model sizes the eager step is
@@ -73,6 +80,7 @@ class TrainConfig:
                                 lambda v: isinstance(v, int) and not isinstance(v, bool)
                                 and v >= 1),
             "cuda_graphs": ("True or False", lambda v: isinstance(v, bool)),
+            "subset_fraction": ("a number in [0, 1]", lambda v: number(v) and 0 <= v <= 1),
         }
         for name, (expected, good) in rules.items():
             if not good(getattr(self, name)):
@@ -147,6 +155,8 @@ def train(
     seeds: FitSeeds,
     group: Group | None = None,
     keep_start: bool = False,
+    p_train: torch.Tensor | None = None,
+    p_val: torch.Tensor | None = None,
 ) -> tuple[torch.nn.Module, TrainResult]:
     """Fit ``network`` by the dynamics' loss; return the kept (EMA) network and the history.
 
@@ -173,11 +183,17 @@ def train(
     with every epoch, as epoch -1. With a validation set they are kept when no epoch scores
     better (``result.best_epoch`` is then -1); divergence and an interruption in the first
     epoch fall back to them instead of raising.
+
+    ``p_train``, ``p_val`` (a network that embeds positions): each row's token positions,
+    tensors of shape (n, tokens, position_dim), NaN for a token without one; they follow their
+    rows into every batch and reach the network as its ``positions``.
     """
     device = x_train.device
     if group is not None:
         x_train = group.share(x_train)
         x_val = None if x_val is None else group.share(x_val)
+        p_train = None if p_train is None else group.share(p_train)
+        p_val = None if p_val is None else group.share(p_val)
     missing = _missing(x_train)
     x_train = x_train.nan_to_num(0.0)
     shuffle_gen = make_generator(seeds.shuffle, device)
@@ -191,7 +207,7 @@ def train(
 
     def draw(rows: torch.Tensor):
         return _batch(x_train[rows], None if missing is None else missing[rows], masks,
-                      dynamics, config.marginal_fraction, noise_gen)
+                      dynamics, config, noise_gen, None if p_train is None else p_train[rows])
 
     step_fn = _Step(forward, dynamics, config, graphed)
     steps_per_epoch = max(1, n // bs)  # drop the ragged tail: equal-size batches
@@ -202,7 +218,7 @@ def train(
     val = None
     if x_val is not None and x_val.shape[0] > 0:
         val = _validation_set(dynamics, x_val, validation_masks, config,
-                              make_generator(seeds.validation, device))
+                              make_generator(seeds.validation, device), p_val)
         result.untrained_score = _validate(dynamics, ema, val, bs, group)
     best_score, best_state, since_best = math.inf, None, 0
     if keep_start:
@@ -335,11 +351,11 @@ class PartialTrainer:
         self.steps = steps
         self.noise_gen.set_state(gen)
 
-    def pass_over(self, x: torch.Tensor) -> float:
+    def pass_over(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> float:
         """One optimiser step per ``config.batch_size`` rows of ``x`` (standardised, NaN where
-        missing, on the network's device), in their order, the last batch possibly smaller.
-        Returns the mean training loss; raises ValueError, undoing the call, when a loss is not
-        finite."""
+        missing, on the network's device), in their order, the last batch possibly smaller;
+        ``positions`` as in :func:`train`. Returns the mean training loss; raises ValueError,
+        undoing the call, when a loss is not finite."""
         missing = _missing(x)
         x = x.nan_to_num(0.0)
         bs = self.config.batch_size
@@ -350,7 +366,8 @@ class PartialTrainer:
             for start in range(0, x.shape[0], bs):
                 rows = slice(start, start + bs)
                 batch = _batch(x[rows], None if missing is None else missing[rows], self.masks,
-                               self.dynamics, self.config.marginal_fraction, self.noise_gen)
+                               self.dynamics, self.config, self.noise_gen,
+                               None if positions is None else positions[rows])
                 factor = min(1.0, (self.steps + 1) / self.WARMUP_STEPS)
                 loss = float(self.step_fn(batch, self.config.learning_rate * factor))
                 if not math.isfinite(loss):
@@ -399,8 +416,7 @@ class _Step:
         self.static_loss: torch.Tensor | None = None
 
     def _eager(self, batch, lr: float) -> torch.Tensor:
-        x0, observed, edges, sigma, eps = batch
-        loss = self.dynamics.loss(self.forward, x0, observed, edges, sigma, eps).mean()
+        loss = _loss(self.dynamics, self.forward, batch).mean()
         for g in self.opt.param_groups:
             if isinstance(g["lr"], torch.Tensor):
                 g["lr"].fill_(lr)
@@ -449,8 +465,7 @@ class _Step:
         graph = torch.cuda.CUDAGraph()
         torch.cuda.synchronize()
         with torch.cuda.graph(graph):
-            x0, observed, edges, sigma, eps = self.static
-            loss = self.dynamics.loss(self.forward, x0, observed, edges, sigma, eps).mean()
+            loss = _loss(self.dynamics, self.forward, self.static).mean()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.params, self.config.clip_norm)
             self.opt.step()
@@ -458,17 +473,42 @@ class _Step:
         self.graph = graph
 
 
+def _loss(dynamics, net, batch) -> torch.Tensor:
+    """The dynamics' per-row loss on a batch; its positions (if any) go to the network."""
+    x0, observed, edges, sigma, eps, positions = batch
+    if positions is not None:
+        net = functools.partial(net, positions=positions)
+    return dynamics.loss(net, x0, observed, edges, sigma, eps)
+
+
 def _batch(x0: torch.Tensor, missing: torch.Tensor | None, masks: Masks, dynamics,
-           marginal_fraction: float, gen: torch.Generator):
+           config: TrainConfig, gen: torch.Generator, positions: torch.Tensor | None = None):
     """One training batch of the (NaN-free) rows ``x0``: the rows, their column states and
-    edges, noise levels and noise."""
+    edges, noise levels, noise and positions."""
     observed, edges = masks(x0.shape[0])
-    left_out = _left_out(observed, missing, marginal_fraction, gen)
+    missing = _subsets(missing, x0.shape, config, gen)
+    left_out = _left_out(observed, missing, config.marginal_fraction, gen)
     if left_out is not None:
         observed = _states(observed, left_out)
     sigma = dynamics.training_sigmas(x0.shape[0], gen)
     eps = torch.randn(x0.shape, generator=gen, device=x0.device)
-    return x0, observed, edges, sigma, eps
+    return x0, observed, edges, sigma, eps, positions
+
+
+def _subsets(missing: torch.Tensor | None, shape, config: TrainConfig,
+             gen: torch.Generator) -> torch.Tensor | None:
+    """``missing`` with, in a ``config.subset_fraction`` of the rows, each of
+    ``config.subset_columns`` also left out with a per-row probability p ~ U(0, 1)."""
+    if not config.subset_columns or config.subset_fraction <= 0:
+        return missing
+    n, device = shape[0], gen.device
+    columns = torch.as_tensor(config.subset_columns, device=device)
+    rows = torch.rand(n, 1, generator=gen, device=device) < config.subset_fraction
+    p = torch.rand(n, 1, generator=gen, device=device)
+    drop = rows & (torch.rand(n, len(columns), generator=gen, device=device) < p)
+    out = torch.zeros(shape, dtype=torch.bool, device=device)
+    out[:, columns] = drop
+    return out if missing is None else missing | out
 
 
 def _divergence(result: TrainResult, score: float, first_loss: float,
@@ -511,31 +551,27 @@ def _left_out(observed: torch.Tensor, missing: torch.Tensor | None, fraction: fl
 
 
 def _validation_set(dynamics, x_val, masks: Masks, config: TrainConfig,
-                    gen: torch.Generator):
+                    gen: torch.Generator, positions: torch.Tensor | None = None):
     """The validation rows, repeated to at least ``config.validation_rows``, with fixed masks,
-    marginal rows, noise levels and noise, so that every epoch is scored on the same draws."""
-    x_val = x_val.repeat(max(1, -(-config.validation_rows // x_val.shape[0])), 1)
+    marginal rows, subsets, noise levels and noise, so that every epoch is scored on the same
+    draws."""
+    copies = max(1, -(-config.validation_rows // x_val.shape[0]))
+    x_val = x_val.repeat(copies, 1)
+    if positions is not None:
+        positions = positions.repeat(copies, 1, 1)
     missing = _missing(x_val)
-    x_val = x_val.nan_to_num(0.0)
-    observed, edges = masks(x_val.shape[0])
-    left_out = _left_out(observed, missing, config.marginal_fraction, gen)
-    if left_out is not None:
-        observed = _states(observed, left_out)
-    sigma = dynamics.training_sigmas(x_val.shape[0], gen)
-    eps = torch.randn(x_val.shape, generator=gen, device=x_val.device)
-    return x_val, observed, edges, sigma, eps
+    return _batch(x_val.nan_to_num(0.0), missing, masks, dynamics, config, gen, positions)
 
 
 @torch.no_grad()
 def _validate(dynamics, net, val, bs, group: Group | None = None) -> float:
     """Mean loss over the validation rows (over every rank's, under data-parallel)."""
-    x_val, observed, edges, sigma, eps = val
+    x_val = val[0]
     net.eval()
     total = torch.zeros(2, device=x_val.device)
     for i in range(0, x_val.shape[0], 4 * bs):
         sl = slice(i, i + 4 * bs)
-        e = None if edges is None else edges[sl]
-        total[0] += dynamics.loss(net, x_val[sl], observed[sl], e, sigma[sl], eps[sl]).sum()
+        total[0] += _loss(dynamics, net, [None if v is None else v[sl] for v in val]).sum()
     total[1] = x_val.shape[0]
     if group is not None:
         total = group.sum(total)

@@ -20,7 +20,7 @@ LAYERS = {
     "skformer.dynamics.score": 2, "skformer.dynamics.flow": 2, "skformer.dynamics.solvers": 2,
     "skformer.dynamics.compose": 2,
     "skformer.guidance": 2, "skformer.training": 2, "skformer.masks": 2, "skformer.layout": 2,
-    "skformer.graph": 2, "skformer.distributed": 2,
+    "skformer.graph": 2, "skformer.distributed": 2, "skformer.positions": 2,
     "skformer._utils": 3, "skformer._version": 3, "skformer._legacy": 3,
     "skformer.persistence": 3, "skformer.persistence.codec": 3,
     "skformer.persistence.container": 3,
