@@ -18,7 +18,8 @@ chains, 10,000 samples. ``--cost`` times an epoch with and without positions.
 
 Every row is appended to ``results/positions.csv`` (``results/positions_cost.csv``) as it
 finishes; a run cut off resumes where it stopped. Fitted models and reference samples are
-cached in ``results/cache``.
+cached in ``results/cache``. SIGINT during the skformer fit (``kill -INT``) ends training with
+the best weights so far, which are then scored and marked "interrupted" in the epochs column.
 
     cd benchmarks
     python positions.py --budget 10000 --observations 1-5 --methods skformer   # ~1 h
@@ -208,7 +209,10 @@ def fit_skformer(budget: int, **params):
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        est.fit(X, positions={"prey": times, "predator": times})
+        try:
+            est.fit(X, positions={"prey": times, "predator": times})
+        except KeyboardInterrupt:  # Ctrl-C (or SIGINT at a session's end): keep the best so far
+            est.interrupted_ = True
     est.train_seconds_ = time.perf_counter() - t0
     path.parent.mkdir(parents=True, exist_ok=True)
     joblib.dump(est, path)
@@ -232,7 +236,10 @@ def fit_npe(budget: int):
     theta, x, _ = training_data(budget, times=GRID)
     p = Independent(Normal(torch.as_tensor(PRIOR_MEAN, dtype=torch.float32),
                            PRIOR_SD * torch.ones(4)), 1)
-    inference = NPE(prior=p, density_estimator="nsf", show_progress_bars=False)
+    from harness.methods import _NullTracker
+
+    inference = NPE(prior=p, density_estimator="nsf", show_progress_bars=False,
+                    tracker=_NullTracker())  # no TensorBoard files in ./sbi-logs
     inference.append_simulations(torch.as_tensor(theta, dtype=torch.float32),
                                  torch.as_tensor(x.reshape(budget, -1), dtype=torch.float32))
     t0 = time.perf_counter()
@@ -273,6 +280,8 @@ def run(method: str, budget: int, observations: list[int]) -> None:
     if method == "skformer":
         est = fit_skformer(budget)
         train_s, epochs = est.train_seconds_, est.n_iter_
+        if getattr(est, "interrupted_", False):
+            epochs = f"{epochs} (interrupted)"
     else:
         posterior, train_s, epochs = fit_npe(budget)
     for k in todo:

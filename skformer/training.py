@@ -59,6 +59,10 @@ class TrainConfig:
     so that the network learns every number of them (the readings of a function: tokens with
     positions)."""
     subset_fraction: float = 0.5
+    mixed_fraction: float = 0.25
+    """Share of the rows in which each observed column of :attr:`subset_columns` turns latent
+    with a probability drawn per row from U(0, 1): the network learns to predict some readings
+    of a function from others (a condition mask per column within the variable)."""
     cuda_graphs: bool = True
     """On a CUDA device (single process), record the optimiser step (forward, backward,
     clipping, AdamW) once as a CUDA graph and replay it: at these model sizes the eager step is
@@ -81,6 +85,7 @@ class TrainConfig:
                                 and v >= 1),
             "cuda_graphs": ("True or False", lambda v: isinstance(v, bool)),
             "subset_fraction": ("a number in [0, 1]", lambda v: number(v) and 0 <= v <= 1),
+            "mixed_fraction": ("a number in [0, 1]", lambda v: number(v) and 0 <= v <= 1),
         }
         for name, (expected, good) in rules.items():
             if not good(getattr(self, name)):
@@ -486,6 +491,7 @@ def _batch(x0: torch.Tensor, missing: torch.Tensor | None, masks: Masks, dynamic
     """One training batch of the (NaN-free) rows ``x0``: the rows, their column states and
     edges, noise levels, noise and positions."""
     observed, edges = masks(x0.shape[0])
+    observed = _mixed(observed, config, gen)
     missing = _subsets(missing, x0.shape, config, gen)
     left_out = _left_out(observed, missing, config.marginal_fraction, gen)
     if left_out is not None:
@@ -493,6 +499,21 @@ def _batch(x0: torch.Tensor, missing: torch.Tensor | None, masks: Masks, dynamic
     sigma = dynamics.training_sigmas(x0.shape[0], gen)
     eps = torch.randn(x0.shape, generator=gen, device=x0.device)
     return x0, observed, edges, sigma, eps, positions
+
+
+def _mixed(observed: torch.Tensor, config: TrainConfig, gen: torch.Generator) -> torch.Tensor:
+    """``observed`` with, in a ``config.mixed_fraction`` of the rows, each observed column of
+    ``config.subset_columns`` turned latent with a per-row probability p ~ U(0, 1)."""
+    if not config.subset_columns or config.mixed_fraction <= 0:
+        return observed
+    n, device = observed.shape[0], gen.device
+    columns = torch.as_tensor(config.subset_columns, device=device)
+    rows = torch.rand(n, 1, generator=gen, device=device) < config.mixed_fraction
+    p = torch.rand(n, 1, generator=gen, device=device)
+    flip = rows & (torch.rand(n, len(columns), generator=gen, device=device) < p)
+    out = observed.clone()
+    out[:, columns] &= ~flip
+    return out
 
 
 def _subsets(missing: torch.Tensor | None, shape, config: TrainConfig,

@@ -18,7 +18,7 @@ from sklearn.exceptions import ConvergenceWarning
 from skformer import SimformerEstimator, load, save
 from skformer.network import FourierPosition, MaskedTransformer
 from skformer.positions import parse_positions
-from skformer.training import TrainConfig, _subsets
+from skformer.training import TrainConfig, _mixed, _subsets
 
 from _data import TINY
 
@@ -353,3 +353,15 @@ def test_training_subsets_leave_out_readings_at_the_stated_rate():
     # half the rows drop each column with p ~ U(0, 1): a quarter of the entries in all
     assert abs(dropped[:, 1:].float().mean().item() - 0.25) < 0.01
     assert dropped[:, 1:].all(1).float().mean() > 0.05  # some rows keep no reading at all
+
+
+def test_training_mixes_observed_and_latent_readings_of_one_function():
+    config = TrainConfig(subset_columns=(1, 2, 3), mixed_fraction=0.5)
+    gen = torch.Generator().manual_seed(0)
+    observed = torch.ones(20000, 4, dtype=torch.bool)
+    mixed = _mixed(observed, config, gen)
+    assert mixed[:, 0].all()
+    assert abs((~mixed[:, 1:]).float().mean().item() - 0.25) < 0.01
+    partly = mixed[:, 1:].any(1) & ~mixed[:, 1:].all(1)
+    assert partly.float().mean() > 0.2  # rows that observe some readings and predict others
+    assert not _mixed(torch.zeros(5, 4, dtype=torch.bool), config, gen).any()
