@@ -73,3 +73,16 @@ html_theme_options = {
 html_static_path: list[str] = []
 html_show_sourcelink = False
 suppress_warnings: list[str] = []
+
+
+def _skip_metadata_requests(app, what, name, obj, skip, options):
+    """scikit-learn generates ``set_fit_request`` / ``set_partial_fit_request`` for the
+    ``positions`` argument (metadata routing); their docstrings point into scikit-learn's own
+    glossary, which this site does not have. They are documented in scikit-learn's."""
+    if name.startswith("set_") and name.endswith("_request"):
+        return True
+    return None
+
+
+def setup(app):
+    app.connect("autodoc-skip-member", _skip_metadata_requests)

@@ -753,9 +753,12 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
                    if layout.column_variable[c] not in parsed]] = False
         if absent.any():
             X = np.where(absent, np.nan, X)
-        shared = all(a.ndim == 2 for a in parsed.values())
+        shared = [v for v in variables if parsed[v].ndim == 2]
+        default = np.full((layout.n_columns, dim), np.nan)
+        for v in shared:
+            default[list(layout.groups[v])] = parsed[v]
         table = PositionTable(variables, torch.as_tensor(low), torch.as_tensor(high),
-                              torch.as_tensor(P[0]) if shared else None)
+                              torch.as_tensor(default), shared)
         return X, P, table
 
     def _build_model(self, X: np.ndarray, layout: Layout, seeds: FitSeeds,

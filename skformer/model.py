@@ -185,7 +185,7 @@ class SimformerModel(nn.Module):
                 continue
             if v in given:
                 p = torch.as_tensor(given[v], dtype=torch.float64, device=device)
-            elif table.shared:
+            elif v in table.shared:
                 p = table.default[g]
             else:
                 raise ValueError(

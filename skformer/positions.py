@@ -12,8 +12,8 @@ Three pieces, none of which knows the estimator:
   :class:`~skformer.layout.Layout` (numpy in, numpy out; clear errors for wrong shapes and
   non-finite values).
 - :class:`PositionTable` (an ``nn.Module`` of buffers, part of the fitted model) holds which
-  variables carry positions, their training range and, when every row shared them, the
-  training positions; it maps positions to the network's standard units.
+  variables carry positions, their training range and the training positions of those that
+  every row shared; it maps positions to the network's standard units.
 - :class:`PositionedNetwork` binds one set of tokens (positions and identities) to a network,
   so that everything that calls ``network(x, t, observed, edges)`` works on it unchanged.
 """
@@ -127,10 +127,12 @@ class PositionTable(nn.Module):
         Indexes of the variables with positions, in increasing order.
     low, high : tensor of shape (len(variables), dim)
         Each one's smallest and largest training position per coordinate.
-    default : tensor of shape (n_columns, dim) or None
-        The training columns' positions when every row shared them (NaN for columns without
-        one): conditionals on the training columns then need no positions. None when they
-        were given per row.
+    default : tensor of shape (n_columns, dim)
+        The training columns' positions where every row shared them, NaN elsewhere (columns
+        without positions, and variables whose positions were given per row).
+    shared : list of int
+        The variables (of ``variables``) whose positions every training row shared: a
+        conditional keeps them when it names no positions for them.
 
     Positions map to standard units per variable and coordinate, ``(p - mid) / half`` with the
     training range's midpoint and half width (1 where the range is a point), so that training
@@ -138,14 +140,13 @@ class PositionTable(nn.Module):
     """
 
     def __init__(self, variables: list[int], low: torch.Tensor, high: torch.Tensor,
-                 default: torch.Tensor | None):
+                 default: torch.Tensor, shared: list[int]):
         super().__init__()
         self.variables = [int(v) for v in variables]
+        self.shared = [int(v) for v in shared]
         self.register_buffer("low", torch.as_tensor(low, dtype=torch.float64).clone())
         self.register_buffer("high", torch.as_tensor(high, dtype=torch.float64).clone())
-        self.shared = default is not None
-        if default is not None:
-            self.register_buffer("default", torch.as_tensor(default, dtype=torch.float64).clone())
+        self.register_buffer("default", torch.as_tensor(default, dtype=torch.float64).clone())
 
     @property
     def dim(self) -> int:
@@ -153,7 +154,7 @@ class PositionTable(nn.Module):
 
     def describe(self) -> dict:
         """JSON values that rebuild this table's structure (the buffers hold the numbers)."""
-        return {"variables": list(self.variables), "dim": self.dim, "shared": self.shared}
+        return {"variables": list(self.variables), "dim": self.dim, "shared": list(self.shared)}
 
     @classmethod
     def skeleton(cls, description, n_columns: int) -> PositionTable:
@@ -163,15 +164,17 @@ class PositionTable(nn.Module):
             raise ValueError(f"positions must be a mapping with 'variables', 'dim' and "
                              f"'shared'; got {description!r}.")
         variables, dim, shared = (description[k] for k in ("variables", "dim", "shared"))
-        if not (isinstance(variables, list) and variables
-                and all(type(v) is int and v >= 0 for v in variables)
-                and variables == sorted(set(variables))
-                and type(dim) is int and 1 <= dim <= 16 and isinstance(shared, bool)):
+        def indexes(v) -> bool:
+            return (isinstance(v, list) and all(type(i) is int and i >= 0 for i in v)
+                    and v == sorted(set(v)))
+
+        if not (indexes(variables) and variables and indexes(shared)
+                and set(shared) <= set(variables) and type(dim) is int and 1 <= dim <= 16):
             raise ValueError(f"positions must name distinct variable indexes, a dim in 1..16 "
-                             f"and shared True or False; got {description!r}.")
+                             f"and the shared ones among the variables; got {description!r}.")
         V = len(variables)
         return cls(variables, torch.zeros(V, dim), torch.ones(V, dim),
-                   torch.zeros(n_columns, dim) if shared else None)
+                   torch.zeros(n_columns, dim), shared)
 
     # ------------------------------------------------------------------ units
     def _row(self, v: int) -> int:

@@ -187,6 +187,21 @@ def test_per_row_positions_need_positions_at_inference():
         est.posterior()
 
 
+def test_a_variable_with_shared_positions_keeps_them_next_to_one_with_positions_per_row():
+    """A function-valued parameter on a fixed grid, readings at random times."""
+    X, t = function_data(300)
+    grid = np.array([0.0, 1.0])
+    est = quiet_fit(estimator(), X, positions={"theta": grid, "x": t})
+    cond = est.condition(["x"], positions={"x": [0.2, 0.4, 0.6]})
+    assert cond.latent_names == ["theta[0]", "theta[1]"]
+    assert cond.sample(2, observed=[0.0, 0.1, 0.2], random_state=0).shape == (2, 2)
+    finer = est.condition(["x"], positions={"theta": [0.0, 0.5, 1.0], "x": [0.3]})
+    assert finer.latent_names == ["theta[0]", "theta[1]", "theta[2]"]
+    with pytest.raises(ValueError, match="'x' was fitted with positions per row"):
+        est.condition(["x"])
+    assert est.model_.positions.shared == [0]
+
+
 def test_theta_keeps_its_columns_next_to_a_new_set_of_readings():
     X, t = function_data(300)
     est = quiet_fit(estimator(), X, positions={"x": t})
