@@ -380,3 +380,15 @@ def test_training_mixes_observed_and_latent_readings_of_one_function():
     partly = mixed[:, 1:].any(1) & ~mixed[:, 1:].all(1)
     assert partly.float().mean() > 0.2  # rows that observe some readings and predict others
     assert not _mixed(torch.zeros(5, 4, dtype=torch.bool), config, gen).any()
+
+
+def test_grid_search_passes_shared_positions_to_every_fold():
+    from sklearn.model_selection import GridSearchCV
+
+    X, t = function_data(120, absent=0)
+    search = GridSearchCV(estimator(max_epochs=1), {"d_model": [8, 16]}, cv=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        search.fit(X, positions={"x": t[0]})
+    assert np.isfinite(search.best_score_)
+    assert search.best_estimator_.model_.positions.shared == [1]
