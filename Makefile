@@ -23,11 +23,10 @@ $(VENV)/.installed: pyproject.toml
 quickstart: $(VENV)/.installed
 	$(PY) examples/quickstart.py
 
-# one test process per core (pytest-xdist), one torch thread each (tests/conftest.py); tests
-# marked with one xdist_group share a worker (and the fixture they fit)
+# one test process per core (pytest-xdist), one torch thread each (tests/conftest.py)
 TEST_WORKERS ?= auto
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 $(VENV)/.docs-installed: $(VENV)/.installed pyproject.toml
 	$(PY) -m pip install -q -e ".[docs]"

@@ -60,11 +60,6 @@ def quiet_fit(est, X, **kw):
         return est.fit(X, **kw)
 
 
-# the tests of the trained model share one worker under pytest-xdist (--dist loadgroup), so
-# the module's 12-second fit runs once, not once per worker
-TRAINED_GROUP = pytest.mark.xdist_group("positions_trained")
-
-
 @pytest.fixture(scope="module")
 def trained():
     X, t = function_data(3000)
@@ -72,7 +67,6 @@ def trained():
 
 
 # ---------------------------------------------------------------------- trained: exact answers
-@TRAINED_GROUP
 def test_posterior_from_readings_at_new_times(trained):
     t_new, x_o = np.array([0.1, 0.5, 0.9]), np.array([0.3, 0.8, 1.4])
     post = trained.condition(["x"], positions={"x": t_new})
@@ -85,7 +79,6 @@ def test_posterior_from_readings_at_new_times(trained):
     assert abs(np.corrcoef(samples.T)[0, 1] - corr) < 0.1
 
 
-@TRAINED_GROUP
 def test_likelihood_as_a_function_on_a_dense_grid(trained):
     grid = np.linspace(0, 1, 9)  # more readings than any training row had
     lik = trained.likelihood(positions={"x": grid})
@@ -95,7 +88,6 @@ def test_likelihood_as_a_function_on_a_dense_grid(trained):
     np.testing.assert_allclose(samples.std(0), SIG, rtol=0.25)
 
 
-@TRAINED_GROUP
 def test_function_and_parameters_at_once_per_column_mask(trained):
     """Readings at 3 times observed, the function at 2 other times and theta latent."""
     t_obs, x_o, t_pred = np.array([0.1, 0.5, 0.9]), np.array([0.3, 0.8, 1.4]), [0.3, 0.7]
@@ -111,7 +103,6 @@ def test_function_and_parameters_at_once_per_column_mask(trained):
     np.testing.assert_allclose(samples[:, :2].mean(0), mean, atol=0.1)
 
 
-@TRAINED_GROUP
 def test_log_prob_at_new_times_matches_the_exact_density(trained):
     t_new, x_o = np.array([0.1, 0.5, 0.9]), np.array([0.3, 0.8, 1.4])
     post = trained.condition(["x"], positions={"x": t_new})
@@ -129,7 +120,6 @@ def test_log_prob_at_new_times_matches_the_exact_density(trained):
     assert spearmanr(got, exact)[0] > 0.8
 
 
-@TRAINED_GROUP
 def test_an_absent_reading_is_left_out(trained):
     """NaN in observed at a positional column: the reading is not there (no token attends to
     it; the network learnt subsets of readings), so the posterior is the one given the other
@@ -147,7 +137,6 @@ def test_an_absent_reading_is_left_out(trained):
     assert np.abs(informative.mean(0) - without.mean(0)).max() > sd.max()
 
 
-@TRAINED_GROUP
 def test_map_guidance_iid_and_diagnostics_work_on_a_conditional_at_new_positions(trained):
     from skformer.diagnostics import coverage
 
