@@ -87,12 +87,12 @@ def paths(theta: np.ndarray) -> np.ndarray:
     return out
 
 
-def read_at(log_paths: np.ndarray, times: np.ndarray) -> np.ndarray:
-    """Noise-free log populations at ``times`` ((k,) shared or (n, k) per row), by linear
-    interpolation of the RK4 grid: (n, k, 2)."""
+def read_at(log_paths: np.ndarray, times: np.ndarray, dt: float = DT) -> np.ndarray:
+    """Noise-free values at ``times`` ((k,) shared or (n, k) per row), by linear
+    interpolation of paths on the grid 0, dt, 2 dt, ...: (n, k, channels)."""
     n = log_paths.shape[0]
     times = np.broadcast_to(times, (n, times.shape[-1]))
-    pos = np.clip(times / DT, 0, log_paths.shape[1] - 1 - 1e-9)
+    pos = np.clip(times / dt, 0, log_paths.shape[1] - 1 - 1e-9)
     i = np.floor(pos).astype(int)
     w = (pos - i)[..., None]
     rows = np.arange(n)[:, None]
@@ -100,14 +100,17 @@ def read_at(log_paths: np.ndarray, times: np.ndarray) -> np.ndarray:
 
 
 def simulate(theta: np.ndarray, times: np.ndarray, rng: np.random.Generator,
-             chunk: int = 2000) -> np.ndarray:
-    """Noisy log readings (n, k, 2) of each theta at its times."""
+             chunk: int = 2000, solve=None, dt: float = DT, noise: float = NOISE) -> np.ndarray:
+    """Noisy readings (n, k, channels) of each theta at its times: ``solve`` (default: this
+    model's :func:`paths`) on the grid of step ``dt``, in chunks of rows, plus Gaussian noise
+    of sd ``noise``."""
+    solve = paths if solve is None else solve
     out = []
     for s in range(0, theta.shape[0], chunk):
         t = times if times.ndim == 1 else times[s : s + chunk]
-        out.append(read_at(paths(theta[s : s + chunk]), t))
+        out.append(read_at(solve(theta[s : s + chunk]), t, dt))
     clean = np.concatenate(out)
-    return clean + NOISE * rng.standard_normal(clean.shape)
+    return clean + noise * rng.standard_normal(clean.shape)
 
 
 def log_posterior(theta: np.ndarray, times: np.ndarray, x_o: np.ndarray) -> np.ndarray:

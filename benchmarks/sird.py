@@ -31,6 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import positions
 from rows import append as append_row
 from rows import read as read_rows
 
@@ -88,25 +89,9 @@ def _interp_rows(t: float, values: np.ndarray) -> np.ndarray:
     return (1 - w) * values[:, j] + w * values[:, j + 1]
 
 
-def read_at(log_paths: np.ndarray, times: np.ndarray) -> np.ndarray:
-    n = log_paths.shape[0]
-    times = np.broadcast_to(times, (n, times.shape[-1]))
-    pos = np.clip(times / DT, 0, log_paths.shape[1] - 1 - 1e-9)
-    i = np.floor(pos).astype(int)
-    w = (pos - i)[..., None]
-    rows = np.arange(n)[:, None]
-    return (1 - w) * log_paths[rows, i] + w * log_paths[rows, i + 1]
-
-
-def simulate(params: np.ndarray, times: np.ndarray, rng: np.random.Generator,
-             chunk: int = 2000) -> np.ndarray:
-    """Noisy log I and log D readings (n, K, 2) at ``times`` ((K,) or (n, K))."""
-    out = []
-    for s in range(0, params.shape[0], chunk):
-        t = times if times.ndim == 1 else times[s : s + chunk]
-        out.append(read_at(paths(params[s : s + chunk]), t))
-    clean = np.concatenate(out)
-    return clean + NOISE * rng.standard_normal(clean.shape)
+def simulate(params: np.ndarray, times: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Noisy log I and log(D + D_FLOOR) readings (n, K, 2) at ``times`` ((K,) or (n, K))."""
+    return positions.simulate(params, times, rng, solve=paths, dt=DT, noise=NOISE)
 
 
 def layout() -> dict:

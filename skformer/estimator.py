@@ -748,9 +748,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
                 raise ValueError(f"positions[{layout.names[v]!r}] holds no position (all NaN).")
             block = P[:, cols, :].reshape(-1, dim)
             low[r], high[r] = np.nanmin(block, 0), np.nanmax(block, 0)
-        absent = np.isnan(P[..., 0])
-        absent[:, [c for c in range(layout.n_columns)
-                   if layout.column_variable[c] not in parsed]] = False
+        absent = np.isnan(P[..., 0]) & np.isin(layout.column_variable, variables)
         if absent.any():
             X = np.where(absent, np.nan, X)
         shared = [v for v in variables if parsed[v].ndim == 2]

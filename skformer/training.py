@@ -506,14 +506,21 @@ def _mixed(observed: torch.Tensor, config: TrainConfig, gen: torch.Generator) ->
     ``config.subset_columns`` turned latent with a per-row probability p ~ U(0, 1)."""
     if not config.subset_columns or config.mixed_fraction <= 0:
         return observed
-    n, device = observed.shape[0], gen.device
-    columns = torch.as_tensor(config.subset_columns, device=device)
-    rows = torch.rand(n, 1, generator=gen, device=device) < config.mixed_fraction
-    p = torch.rand(n, 1, generator=gen, device=device)
-    flip = rows & (torch.rand(n, len(columns), generator=gen, device=device) < p)
+    columns, flip = _random_subset(observed.shape[0], config, config.mixed_fraction, gen)
     out = observed.clone()
     out[:, columns] &= ~flip
     return out
+
+
+def _random_subset(n: int, config: TrainConfig, fraction: float, gen: torch.Generator
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``config.subset_columns`` as an index, and for each of ``n`` rows which of them are
+    picked: none outside a ``fraction`` of the rows, each with a per-row p ~ U(0, 1) inside."""
+    device = gen.device
+    columns = torch.as_tensor(config.subset_columns, device=device)
+    rows = torch.rand(n, 1, generator=gen, device=device) < fraction
+    p = torch.rand(n, 1, generator=gen, device=device)
+    return columns, rows & (torch.rand(n, len(columns), generator=gen, device=device) < p)
 
 
 def _subsets(missing: torch.Tensor | None, shape, config: TrainConfig,
@@ -522,12 +529,8 @@ def _subsets(missing: torch.Tensor | None, shape, config: TrainConfig,
     ``config.subset_columns`` also left out with a per-row probability p ~ U(0, 1)."""
     if not config.subset_columns or config.subset_fraction <= 0:
         return missing
-    n, device = shape[0], gen.device
-    columns = torch.as_tensor(config.subset_columns, device=device)
-    rows = torch.rand(n, 1, generator=gen, device=device) < config.subset_fraction
-    p = torch.rand(n, 1, generator=gen, device=device)
-    drop = rows & (torch.rand(n, len(columns), generator=gen, device=device) < p)
-    out = torch.zeros(shape, dtype=torch.bool, device=device)
+    columns, drop = _random_subset(shape[0], config, config.subset_fraction, gen)
+    out = torch.zeros(shape, dtype=torch.bool, device=gen.device)
     out[:, columns] = drop
     return out if missing is None else missing | out
 
