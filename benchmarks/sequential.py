@@ -3,9 +3,10 @@
 Per task and observation (sbibm's reference posteriors, C2ST with sbibm's MLP on 10,000
 samples), 10,000 simulations in all:
 
-- ``skformer_rounds``: :func:`skformer.sequential.rounds`, 5 rounds of 2,000, the estimator's
-  defaults (one fit per observation); ``skformer_rounds_lr_fifth`` warm-starts rounds 1-4 at
-  a fifth of the first fit's learning rate;
+- ``skformer_rounds``: :func:`skformer.sequential.rounds`, 5 rounds of 2,000, its defaults
+  and the estimator's (rounds 1-3 warm-start, round 4 fits afresh on all 10,000:
+  ``refit="last"``); ``skformer_rounds_never`` warm-starts rounds 1-4 (``refit="never"``),
+  ``skformer_rounds_lr_fifth`` does so at a fifth of the first fit's learning rate;
 - ``skformer_single``: one fit on 10,000 prior simulations (one fit serves every observation;
   its time is counted once, on observation 1's row);
 - ``tsnpe``: sbi's truncated sequential NPE (NSF, ``RestrictedPrior`` with
@@ -39,7 +40,8 @@ OUT = HERE / "results" / "sequential.csv"
 CACHE = HERE / "results" / "cache"
 COLUMNS = ["task", "method", "observation", "c2st", "train_s", "simulations", "rounds",
            "acceptance", "machine", "timestamp"]
-METHODS = ("skformer_rounds", "skformer_rounds_lr_fifth", "skformer_single", "tsnpe")
+METHODS = ("skformer_rounds", "skformer_rounds_never", "skformer_rounds_lr_fifth",
+           "skformer_single", "tsnpe")
 BUDGET, ROUNDS, SAMPLES = 10_000, 5, 10_000
 
 
@@ -59,14 +61,22 @@ def skformer_rounds(task, k, **options):
     seconds = time.perf_counter() - t0
     samples = result.posterior().sample(SAMPLES, observed=task.observation(k), random_state=k)
     acceptance = ";".join(f"{r.acceptance:.3g}" for r in result.history)
+    print(f"{task.name} obs {k} {options}: per round (fresh, epochs, fit s, validation loss) "
+          + "; ".join(f"({r.fresh}, {r.epochs}, {r.fit_seconds:.0f}, {r.validation_loss:.4f})"
+                      for r in result.history), flush=True)
     return samples, seconds, len(result.X), len(result.history), acceptance
 
 
+def skformer_rounds_never(task, k):
+    """The rounds with every fit after round 0 warm-started (no fresh last fit)."""
+    return skformer_rounds(task, k, refit="never")
+
+
 def skformer_rounds_lr_fifth(task, k):
-    """The rounds with the warm fits at a fifth of the estimator's learning rate."""
+    """The rounds warm-started throughout at a fifth of the estimator's learning rate."""
     from skformer import SimformerEstimator
 
-    return skformer_rounds(task, k, warm_params={
+    return skformer_rounds(task, k, refit="never", warm_params={
         "learning_rate": SimformerEstimator().learning_rate / 5})
 
 

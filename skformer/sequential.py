@@ -4,7 +4,8 @@
 NPE) around one observation ``x_o``. Round 0 simulates from the prior and fits. Every later
 round draws parameters from the prior *restricted* to the current posterior's highest-density
 region, simulates them (:func:`skformer.simulation.simulate_at`), and warm-starts the estimator
-(``warm_start=True``) on every simulation so far.
+(``warm_start=True``) on every simulation so far; the last round fits afresh on all of them
+(``refit``).
 
 Why the answers stay right: each round's parameters are prior draws kept only inside a region,
 so every proposal is the prior times a constant on that region. Where all regions cover the
@@ -35,6 +36,7 @@ from skformer.simulation import _draw, simulate_at
 __all__ = ["Round", "RoundsResult", "rounds"]
 
 TRUNCATIONS = ("hpr", "box")
+REFITS = ("last", "never", "always")
 
 
 @dataclass
@@ -44,7 +46,8 @@ class Round:
     round: int
     proposal: str
     """"prior" (round 0), "hpr" (prior restricted to the highest-density region, within the
-    box of the posterior samples) or "box" (prior restricted to that box)."""
+    box of the posterior samples), "box" (prior restricted to that box), or "refit" (no new
+    simulations: the fresh fit that ``refit="last"`` makes when the rounds stop early)."""
     n_simulations: int
     """Simulations run this round (failed ones included)."""
     n_failed: int
@@ -55,6 +58,9 @@ class Round:
     simulate_seconds: float
     fit_seconds: float
     epochs: int
+    fresh: bool
+    """Whether this round's fit started from scratch (round 0, and the rounds that ``refit``
+    names) rather than from the previous round's model."""
     validation_loss: float
     """The best validation loss of this round's fit (NaN without a validation set)."""
     threshold: float | None = None
@@ -126,7 +132,7 @@ def _posterior(estimator, n_theta: int, n_columns: int):
 
 
 def _check_args(n_rounds, simulations_per_round, truncation, quantile, min_acceptance,
-                box_margin, n_posterior_samples) -> None:
+                box_margin, n_posterior_samples, refit) -> None:
     def integer(v, low):
         return isinstance(v, Integral) and not isinstance(v, bool) and v >= low
 
@@ -137,6 +143,7 @@ def _check_args(n_rounds, simulations_per_round, truncation, quantile, min_accep
         ("n_rounds", integer(n_rounds, 1), "an int >= 1"),
         ("simulations_per_round", integer(simulations_per_round, 2), "an int >= 2"),
         ("truncation", truncation in TRUNCATIONS, f"one of {TRUNCATIONS}"),
+        ("refit", refit in REFITS, f"one of {REFITS}"),
         ("quantile", real(quantile, 0, 0.5), "a number in (0, 0.5)"),
         ("min_acceptance", real(min_acceptance, 0, 1) or min_acceptance == 1,
          "a number in (0, 1]"),
@@ -148,14 +155,15 @@ def _check_args(n_rounds, simulations_per_round, truncation, quantile, min_accep
             value = {"n_rounds": n_rounds, "simulations_per_round": simulations_per_round,
                      "truncation": truncation, "quantile": quantile,
                      "min_acceptance": min_acceptance, "box_margin": box_margin,
-                     "n_posterior_samples": n_posterior_samples}[name]
+                     "n_posterior_samples": n_posterior_samples, "refit": refit}[name]
             raise ValueError(f"{name} must be {expected}; got {value!r}.")
 
 
 def rounds(estimator, simulator, prior, observed, n_rounds: int = 5,
            simulations_per_round: int = 2000, *, truncation: str = "hpr",
            quantile: float = 1e-3, box_margin: float = 0.1, min_acceptance: float = 1e-3,
-           n_posterior_samples: int = 4000, warm_params: dict | None = None, initial=None,
+           n_posterior_samples: int = 4000, refit: str = "last",
+           warm_params: dict | None = None, initial=None,
            n_jobs: int | None = None,
            chunk_size: int = 1000, random_state=None, verbose: int = 1) -> RoundsResult:
     """Truncated sequential inference for one observation.
@@ -163,8 +171,9 @@ def rounds(estimator, simulator, prior, observed, n_rounds: int = 5,
     Round 0 simulates ``simulations_per_round`` parameters from the prior and fits a clone of
     ``estimator``; every later round draws as many from the prior restricted to the posterior's
     highest-density region at ``observed``, simulates them and continues the fit
-    (``warm_start=True``) on all simulations so far. The rows are ``[theta, x]``; the
-    posterior is the conditional that observes the ``x`` columns.
+    (``warm_start=True``) on all simulations so far; by default (``refit="last"``) the last
+    round fits afresh on all of them. The rows are ``[theta, x]``; the posterior is the
+    conditional that observes the ``x`` columns.
 
     Parameters
     ----------
@@ -196,8 +205,18 @@ def rounds(estimator, simulator, prior, observed, n_rounds: int = 5,
         warning (``stopped`` says why) and return what they have.
     n_posterior_samples : int, default=4000
         Posterior samples per round that define the region (kept in ``history``).
+    refit : {"last", "never", "always"}, default="last"
+        Which rounds fit a new model from scratch on every simulation so far rather than
+        continuing the previous round's (``warm_start=True``). "last": the rounds in between
+        warm-start, cheaply, to find the regions, and the returned estimator is a fresh fit on
+        all simulations (also when the rounds stop early: a last record with proposal
+        "refit"). "never": every round after round 0 warm-starts (the cheapest); a warm fit
+        keeps its start unless an epoch of its new schedule beats it on validation, and at
+        10,000 simulations none did (docs/arriving.md), so the returned model may be round 0's.
+        "always": every round fits from scratch (the dearest).
     warm_params : dict or None, default=None
-        Parameters the estimator takes for the warm-started fits of rounds 1 onwards, e.g.
+        Parameters the estimator takes for the warm-started fits (fresh fits use the
+        estimator's own), e.g.
         ``{"learning_rate": 4e-4, "n_iter_no_change": 40}`` (none may describe another
         model). None keeps the estimator's own: on two_moons a fifth of the learning rate took
         twice the time and scored no better (``benchmarks/sequential.py``).
@@ -254,11 +273,14 @@ def rounds(estimator, simulator, prior, observed, n_rounds: int = 5,
     (4, 1)
     """
     _check_args(n_rounds, simulations_per_round, truncation, quantile, min_acceptance,
-                box_margin, n_posterior_samples)
+                box_margin, n_posterior_samples, refit)
     if not callable(simulator):
         raise TypeError(f"simulator must be callable, got {type(simulator).__name__}.")
     if warm_params is not None and not isinstance(warm_params, dict):
         raise ValueError(f"warm_params must be a dict or None; got {warm_params!r}.")
+    if warm_params and refit == "always":
+        raise ValueError("warm_params set the warm-started fits, and refit='always' makes "
+                         "none: drop warm_params or choose refit='last' or 'never'.")
     x_o = np.asarray(observed, dtype=np.float64).ravel()
     if x_o.size == 0 or not np.isfinite(x_o).all():
         raise ValueError("observed must be a non-empty vector of finite values.")
@@ -266,12 +288,15 @@ def rounds(estimator, simulator, prior, observed, n_rounds: int = 5,
     seeds = root.spawn(n_rounds)
     state = _State(x_o)
     est = clone(estimator)
+    settings = (n_posterior_samples, x_o, truncation, quantile, box_margin)
     bar = None
     if verbose:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n_rounds, desc="rounds", unit="round")
     region = None
+    fresh_rounds = {"last": {n_rounds - 1}, "never": set(), "always": set(range(n_rounds))}[refit]
+    own = None
     try:
         for r in range(n_rounds):
             propose_seed, simulate_seed, sample_seed = seeds[r].spawn(3)
@@ -287,6 +312,11 @@ def rounds(estimator, simulator, prior, observed, n_rounds: int = 5,
                 if theta is None:
                     state.stopped = kind
                     warn(f"the rounds stopped after round {r - 1}: {kind}", RuntimeWarning)
+                    if refit == "last" and not state.history[-1].fresh:
+                        # the promise of refit="last": the returned model is a fresh fit
+                        region, record = _fit_round(est, state, r, "refit", 0, 0, float("nan"),
+                                                    0.0, True, own, sample_seed, settings)
+                        state.history.append(record)
                     break
             if x is None:
                 x, _ = simulate_at(simulator, theta, simulate_seed, n_jobs=n_jobs,
@@ -295,26 +325,11 @@ def rounds(estimator, simulator, prior, observed, n_rounds: int = 5,
             n_failed = state.add(r, theta, x)
             if r == 0:
                 est = _prepare(est, state.n_theta, x_o.size)
-            t0 = time.perf_counter()
-            before = getattr(est, "n_iter_", 0) if r else 0
-            if r == 1 and warm_params:
-                est.set_params(**warm_params)
-            est.set_params(warm_start=r > 0)
-            est.fit(state.X)
-            fit_seconds = time.perf_counter() - t0
-            post = _posterior(est, state.n_theta, state.X.shape[1])
-            samples = post.sample(n_posterior_samples, observed=x_o,
-                                  random_state=np.random.default_rng(sample_seed))
-            region = _region(post, samples, x_o, truncation, quantile, box_margin)
-            scores = est.validation_scores_[-(est.n_iter_ - before):] if r else \
-                est.validation_scores_
-            record = Round(
-                round=r, proposal=kind, n_simulations=len(theta), n_failed=n_failed,
-                acceptance=acceptance, simulate_seconds=simulate_seconds,
-                fit_seconds=fit_seconds, epochs=est.n_iter_ - before,
-                validation_loss=float(min(scores)) if len(scores) else float("nan"),
-                threshold=region.get("threshold"), box=region["box"],
-                posterior_samples=samples)
+                own = {k: v for k, v in est.get_params().items() if k in (warm_params or {})}
+            fresh = r == 0 or r in fresh_rounds
+            region, record = _fit_round(est, state, r, kind, len(theta), n_failed, acceptance,
+                                        simulate_seconds, fresh,
+                                        own if fresh else warm_params, sample_seed, settings)
             state.history.append(record)
             if bar is not None:
                 bar.set_postfix(accept=f"{acceptance:.3g}", val=f"{record.validation_loss:.4f}")
@@ -332,6 +347,32 @@ def rounds(estimator, simulator, prior, observed, n_rounds: int = 5,
         if bar is not None:
             bar.close()
     return state.result(est)
+
+
+def _fit_round(est, state, r, kind, n_simulations, n_failed, acceptance, simulate_seconds,
+               fresh, params, sample_seed, settings):
+    """Fit round r (from scratch when ``fresh``, else continuing the model) on every
+    simulation so far, with ``params`` set first; return the next region and the record."""
+    n_posterior_samples, x_o, truncation, quantile, box_margin = settings
+    t0 = time.perf_counter()
+    before = 0 if fresh else est.n_iter_
+    if params:
+        est.set_params(**params)
+    est.set_params(warm_start=not fresh)
+    est.fit(state.X)
+    fit_seconds = time.perf_counter() - t0
+    post = _posterior(est, state.n_theta, state.X.shape[1])
+    samples = post.sample(n_posterior_samples, observed=x_o,
+                          random_state=np.random.default_rng(sample_seed))
+    region = _region(post, samples, x_o, truncation, quantile, box_margin)
+    scores = est.validation_scores_[before:]
+    record = Round(
+        round=r, proposal=kind, n_simulations=n_simulations, n_failed=n_failed,
+        acceptance=acceptance, simulate_seconds=simulate_seconds, fit_seconds=fit_seconds,
+        epochs=est.n_iter_ - before, fresh=fresh,
+        validation_loss=float(min(scores)) if len(scores) else float("nan"),
+        threshold=region.get("threshold"), box=region["box"], posterior_samples=samples)
+    return region, record
 
 
 class _State:

@@ -32,12 +32,15 @@ def small(**kw):
     return SimformerEstimator(**{**TINY, "random_state": 0, "device": "cpu", **kw})
 
 
-def test_truncated_rounds_on_an_analytic_gaussian():
+@pytest.mark.parametrize("refit", ["last", "never"])
+def test_truncated_rounds_on_an_analytic_gaussian(refit):
     """A prior round and a truncated (HPR) round of 1500 simulations each: the posterior at
-    x_o is exact, the likelihood stays exact, every simulation and a history are kept."""
+    x_o is exact, the likelihood stays exact, every simulation and a history are kept; so
+    when the last round fits afresh on both rounds' simulations (refit="last") and when it
+    continues round 0's model (refit="never")."""
     result = rounds(small(max_epochs=60, d_model=16, n_layers=1), simulator, prior, X_O,
                     n_rounds=2, simulations_per_round=1500, n_posterior_samples=1000,
-                    random_state=0, verbose=0)
+                    refit=refit, random_state=0, verbose=0)
     history = result.history
     assert [r.proposal for r in history] == ["prior", "hpr"]
     # the second round was spent where the posterior is: about +-3.3 posterior sds (0.3) of a
@@ -69,7 +72,8 @@ def test_truncated_rounds_on_an_analytic_gaussian():
         assert np.isfinite(r.validation_loss) and r.posterior_samples.shape == (1000, 1)
         assert r.threshold is not None and r.box.shape == (1, 2)
     assert result.estimator.n_training_rows_ > 2000  # the last fit saw both rounds
-    assert result.estimator.warm_start is True
+    assert [r.fresh for r in history] == [True, refit == "last"]
+    assert result.estimator.warm_start is (refit == "never")
     assert result.estimator.learning_rate == TINY["learning_rate"]  # warm_params=None
 
     import matplotlib
@@ -85,14 +89,26 @@ def test_box_truncation_initial_simulations_and_warm_params():
     rng = np.random.default_rng(5)
     theta = prior(400, rng)
     initial = np.hstack([theta, simulator(theta, rng)])
-    result = rounds(small(max_epochs=2), simulator, prior, X_O, n_rounds=2,
+    result = rounds(small(max_epochs=2), simulator, prior, X_O, n_rounds=3,
                     simulations_per_round=400, truncation="box", initial=initial,
                     warm_params={"learning_rate": 1e-4, "max_epochs": 1},
                     n_posterior_samples=200, random_state=0, verbose=0)
-    assert [r.proposal for r in result.history] == ["prior", "box"]
+    history = result.history
+    assert [r.proposal for r in history] == ["prior", "box", "box"]
     np.testing.assert_array_equal(result.X[:400], initial)
-    assert result.history[0].threshold is None
-    assert result.estimator.learning_rate == 1e-4 and result.history[1].epochs == 1
+    assert history[0].threshold is None
+    # round 1 warm-starts with warm_params; the last round (refit="last") fits afresh on all
+    # 1200 simulations with the estimator's own parameters
+    assert [r.fresh for r in history] == [True, False, True]
+    assert [r.epochs for r in history] == [2, 1, 2]
+    assert result.estimator.learning_rate == TINY["learning_rate"]
+    assert result.estimator.max_epochs == 2 and result.estimator.n_iter_ == 2
+    never = rounds(small(max_epochs=2), simulator, prior, X_O, n_rounds=2,
+                   simulations_per_round=400, truncation="box", initial=initial, refit="never",
+                   warm_params={"learning_rate": 1e-4, "max_epochs": 1},
+                   n_posterior_samples=200, random_state=0, verbose=0)
+    assert never.estimator.learning_rate == 1e-4 and never.history[1].epochs == 1
+    assert never.estimator.n_iter_ == 3  # the history continues across warm fits
 
 
 def test_failed_simulations_are_left_out_counted_and_kept():
@@ -130,6 +146,31 @@ def test_acceptance_below_the_floor_stops_and_keeps_the_rounds(monkeypatch, trun
     assert "box region accepted" in result.stopped  # hpr fell back to the box, then stopped
     assert len(result.X) == 300
     assert len([w for w in caught if "stopped" in str(w.message)]) == 1
+
+
+def test_an_early_stop_after_a_warm_round_still_refits_afresh(monkeypatch):
+    """refit="last" promises a fresh last fit: when the rounds stop after a warm round, one
+    more fit (no new simulations) on everything makes it, recorded as proposal "refit"."""
+    real, calls = sequential._region, []
+
+    def shrinking(*args):  # round 0's region is real, round 1's accepts about nothing
+        region = real(*args)
+        calls.append(1)
+        if len(calls) > 1:
+            region["box"] = region["box"].mean(axis=1, keepdims=True) + np.array([-1e-9, 1e-9])
+        return region
+
+    monkeypatch.setattr(sequential, "_region", shrinking)
+    with pytest.warns(RuntimeWarning, match="stopped after round 1"):
+        result = rounds(small(max_epochs=2), simulator, prior, X_O, n_rounds=4,
+                        simulations_per_round=300, truncation="box", n_posterior_samples=200,
+                        random_state=0, verbose=0)
+    history = result.history
+    assert [r.proposal for r in history] == ["prior", "box", "refit"]
+    assert [r.fresh for r in history] == [True, False, True]
+    assert history[2].n_simulations == 0 and np.isnan(history[2].acceptance)
+    assert len(result.X) == 600 and result.estimator.warm_start is False
+    assert result.estimator.n_iter_ == 2 and result.estimator.n_training_rows_ > 300
 
 
 def test_observation_outside_the_simulations_warns():
@@ -171,6 +212,8 @@ def test_rounds_are_reproducible_and_leave_the_estimator_alone():
     (dict(n_rounds=0), "n_rounds"),
     (dict(simulations_per_round=1), "simulations_per_round"),
     (dict(truncation="ellipse"), "truncation"),
+    (dict(refit="sometimes"), "refit"),
+    (dict(refit="always", warm_params={"learning_rate": 1e-4}), "makes none"),
     (dict(quantile=0.7), "quantile"),
     (dict(min_acceptance=0.0), "min_acceptance"),
     (dict(observed=[np.nan]), "finite"),
