@@ -295,7 +295,8 @@ def rounds(estimator, simulator, prior, observed, n_rounds: int = 5,
 
         bar = tqdm(total=n_rounds, desc="rounds", unit="round")
     region = None
-    fresh_rounds = {"last": {n_rounds - 1}, "never": set(), "always": set(range(n_rounds))}[refit]
+    fresh_rounds = {0} | {"last": {n_rounds - 1}, "never": set(),
+                          "always": set(range(n_rounds))}[refit]
     own = None
     try:
         for r in range(n_rounds):
@@ -326,7 +327,7 @@ def rounds(estimator, simulator, prior, observed, n_rounds: int = 5,
             if r == 0:
                 est = _prepare(est, state.n_theta, x_o.size)
                 own = {k: v for k, v in est.get_params().items() if k in (warm_params or {})}
-            fresh = r == 0 or r in fresh_rounds
+            fresh = r in fresh_rounds
             region, record = _fit_round(est, state, r, kind, len(theta), n_failed, acceptance,
                                         simulate_seconds, fresh,
                                         own if fresh else warm_params, sample_seed, settings)
