@@ -32,7 +32,7 @@ OUT = Path(__file__).resolve().parent / "results" / "cpu_profile.json"
 PARTS = ["draw", "forward+loss", "backward", "clip", "optimiser", "ema"]
 
 
-def _setup(tokens: int, batch: int):
+def _setup(tokens: int, batch: int, d_model: int = 64, n_heads: int = 4):
     from skformer._utils import fit_seeds, make_generator
     from skformer.dynamics import ScoreDynamics
     from skformer.layout import Layout
@@ -45,8 +45,8 @@ def _setup(tokens: int, batch: int):
     half = tokens // 2
     masks = TrainingMasks("structured", None, layout, (list(range(half)),
                                                        list(range(half, tokens))), 0, "cpu")
-    net = MaskedTransformer(tokens, 64, 4, 4)
-    ema = MaskedTransformer(tokens, 64, 4, 4).requires_grad_(False)
+    net = MaskedTransformer(tokens, d_model, 4, n_heads)
+    ema = MaskedTransformer(tokens, d_model, 4, n_heads).requires_grad_(False)
     dynamics = ScoreDynamics()
     config = TrainConfig(batch_size=batch)
     step = _Step(net, dynamics, config, graphed=False)
@@ -59,21 +59,23 @@ def _setup(tokens: int, batch: int):
         if left_out is not None:
             observed = _states(observed, left_out)
         return (x, observed, edges, dynamics.training_sigmas(batch, gen),
-                torch.randn(x.shape, generator=gen))
+                torch.randn(x.shape, generator=gen), None)  # no positions
 
     return net, ema, dynamics, step, draw
 
 
-def profile_step(tokens: int, batch: int, steps: int) -> dict:
-    """Mean milliseconds per part of the step over ``steps`` steps (after 3 warm-up steps)."""
-    net, ema, dynamics, step, draw = _setup(tokens, batch)
+def profile_step(tokens: int, batch: int, steps: int, d_model: int = 64, n_heads: int = 4
+                 ) -> dict:
+    """Mean milliseconds per part of the step over ``steps`` steps (after 3 warm-up steps), for
+    a network of width ``d_model`` with ``n_heads`` heads (4 layers)."""
+    net, ema, dynamics, step, draw = _setup(tokens, batch, d_model, n_heads)
     params = step.params
     times = dict.fromkeys(PARTS, 0.0)
     for i in range(steps + 3):
         marks = [time.perf_counter()]
         batch_ = draw()
         marks.append(time.perf_counter())
-        loss = dynamics.loss(net, *batch_).mean()
+        loss = dynamics.loss(net, *batch_[:5]).mean()
         marks.append(time.perf_counter())
         step.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -90,16 +92,18 @@ def profile_step(tokens: int, batch: int, steps: int) -> dict:
                 times[part] += (b - a) * 1000 / steps
     total = sum(times.values())
     return {"part": "step", "tokens": tokens, "batch": batch, "steps": steps,
+            "d_model": d_model, "n_heads": n_heads,
             "ms_per_step": total,
             "us_per_row": 1000 * total / batch, "parts_ms": times,
             "fused_adamw": bool(step.opt.defaults.get("fused"))}
 
 
-def top_operators(tokens: int, batch: int, steps: int, k: int = 12) -> list[dict]:
+def top_operators(tokens: int, batch: int, steps: int, k: int = 12, d_model: int = 64,
+                  n_heads: int = 4) -> list[dict]:
     """The ``k`` operators with the most self CPU time over ``steps`` steps, ms per step."""
     from torch.profiler import ProfilerActivity, profile
 
-    net, ema, dynamics, step, draw = _setup(tokens, batch)
+    net, ema, dynamics, step, draw = _setup(tokens, batch, d_model, n_heads)
     for _ in range(2):
         step(draw(), 1e-3)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -143,6 +147,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, nargs="+", default=[4, 20])
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 512])
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--sizes", nargs="+", default=["64/4"], metavar="D_MODEL/N_HEADS",
+                    help="network sizes of the step timings (4 layers each), e.g. 64/4 32/2")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-operators", action="store_true")
     ap.add_argument("--no-sampling", action="store_true")
@@ -152,9 +158,12 @@ def main() -> None:
 
     machine = (f"{platform.processor() or platform.machine()}, {args.threads} thread(s), "
                f"torch {torch.__version__}, skformer {skformer.__version__}")
-    rows = [profile_step(t, b, args.steps) for t in args.tokens for b in args.batch_sizes]
+    sizes = [tuple(int(v) for v in size.split("/")) for size in args.sizes]
+    rows = [profile_step(t, b, args.steps, d, h) for d, h in sizes for t in args.tokens
+            for b in args.batch_sizes]
     ops = ([] if args.no_operators else
-           top_operators(max(args.tokens), max(args.batch_sizes), max(5, args.steps // 2)))
+           top_operators(max(args.tokens), max(args.batch_sizes), max(5, args.steps // 2),
+                         d_model=sizes[0][0], n_heads=sizes[0][1]))
     sampling = [] if args.no_sampling else [sampling_speed(t) for t in args.tokens]
     OUT.parent.mkdir(exist_ok=True)
     with open(OUT, "a") as fh:
@@ -163,19 +172,23 @@ def main() -> None:
         if ops:
             fh.write(json.dumps({"label": args.label, "machine": machine,
                                  "tokens": max(args.tokens), "batch": max(args.batch_sizes),
+                                 "d_model": sizes[0][0], "n_heads": sizes[0][1],
                                  "top_operators": ops}) + "\n")
     print(f"\n{machine} ({args.label or 'no label'})\n")
-    print("| tokens | batch | ms / step | µs / row | " + " | ".join(PARTS) + " |")
-    print("|---" * (4 + len(PARTS)) + "|")
+    print("| d_model / heads | tokens | batch | ms / step | µs / row | "
+          + " | ".join(PARTS) + " |")
+    print("|---" * (5 + len(PARTS)) + "|")
     for r in rows:
-        print(f"| {r['tokens']} | {r['batch']} | {r['ms_per_step']:.1f} | {r['us_per_row']:.0f} | "
+        print(f"| {r['d_model']} / {r['n_heads']} | {r['tokens']} | {r['batch']} | "
+              f"{r['ms_per_step']:.1f} | {r['us_per_row']:.0f} | "
               + " | ".join(f"{r['parts_ms'][p]:.2f}" for p in PARTS) + " |")
     for r in sampling:
         print(f"\n{r['n_samples']:,} posterior samples, {r['tokens']} tokens, {r['steps']} "
               f"solver steps, {r['chunk_rows']} rows per network call: {r['sample_s']:.2f} s")
     if ops:
-        print(f"\nTop operators (self time), {max(args.tokens)} tokens, batch "
-              f"{max(args.batch_sizes)}:\n\n| operator | ms / step | share |\n|---|---|---|")
+        print(f"\nTop operators (self time), d_model {sizes[0][0]}, {sizes[0][1]} heads, "
+              f"{max(args.tokens)} tokens, batch {max(args.batch_sizes)}:\n\n"
+              "| operator | ms / step | share |\n|---|---|---|")
         for o in ops:
             print(f"| {o['op']} | {o['ms_per_step']:.1f} | {100 * o['share']:.0f} % |")
 

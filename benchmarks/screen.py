@@ -172,6 +172,9 @@ def main(argv=None) -> int:
     ap.add_argument("--report", action="store_true", help="print the tables and stop")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
+    misplaced = [t for t in args.tasks or [] if "=" in t]
+    if misplaced:  # --tasks takes every word after it: the pairs would silently be tasks
+        ap.error(f"--tasks got {misplaced}: put the KEY=VALUE pairs before --tasks.")
     if args.report:
         print(report(args.out))
         return 0

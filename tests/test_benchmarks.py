@@ -350,6 +350,36 @@ def test_screen_report_compares_with_the_npe_fit_nearest_in_time_and_the_referen
     assert "within 2.5x NPE: 1; C2ST within +0.01 of the reference: 1" in text
 
 
+def test_screen_refuses_candidate_pairs_taken_as_task_names(capsys):
+    """``screen.py --tasks slcp d_model=32`` would screen the defaults on a task named
+    "d_model=32" (argparse gives --tasks every word after it): refused, with the fix."""
+    import screen
+
+    with pytest.raises(SystemExit):
+        screen.main(["--tasks", "slcp", "d_model=32"])
+    assert "put the KEY=VALUE pairs before --tasks" in capsys.readouterr().err
+
+
+def test_epoch_cost_pairs_and_report(tmp_path):
+    """benchmarks/epoch_cost.py: key=value pairs become estimator parameters, a setting is
+    labelled by them, and the report gives each side-by-side pair once with its ratio."""
+    import epoch_cost
+
+    assert epoch_cost.parse_pairs(["d_model=32", "tokens=variable"]) == {
+        "d_model": 32, "tokens": "variable"}
+    assert epoch_cost.label({}) == "default"
+    out = tmp_path / "cost.csv"
+    for setting, partner, s in (("d_model=64", "d_model=32", 2.4), ("d_model=32", "d_model=64",
+                                                                     1.2)):
+        epoch_cost.append(out, {"task": "slcp", "setting": setting, "epochs": 10,
+                                "seconds": 10 * s, "s_per_epoch": s, "tokens": 13,
+                                "machine": "m", "partner": partner, "timestamp": "t"})
+    assert epoch_cost.done(out) == {("slcp", "d_model=64", "d_model=32"),
+                                    ("slcp", "d_model=32", "d_model=64")}
+    table = epoch_cost.report(out).splitlines()
+    assert table[2:] == ["| slcp | 13 | d_model=64 | 2.40 | d_model=32 | 1.20 | 2.00 |"]
+
+
 # ------------------------------------------------- the function-valued benchmarks' references
 @pytest.mark.parametrize("name", ["positions", "sird"])
 def test_function_valued_simulators_solve_their_odes_as_scipy_does(name):

@@ -1,0 +1,177 @@
+"""What an epoch costs: two SimformerEstimator settings fitted side by side on a task's data.
+
+Wall times on these shared machines differ from one run to another (the same NPE fits took
+1.5-2.5x longer on 2026-12-03 than on 2026-12-05, docs/speed.md), and two processes side by
+side slow each other, so a time measured in one run and compared with one measured in another
+misleads. This script times two settings (a baseline and a candidate, each ``key=value``
+pairs as ``screen.py`` takes them; name every parameter that differs, since "the defaults"
+change) in two single-threaded processes started together, one per core, each fitting the
+same 10,000 simulations of each task for ``--epochs`` epochs (no early stopping): whatever the
+machine does to one it does to the other, and the ratio of their seconds per epoch holds.
+Appends one row per task and setting to ``results/epoch_cost.csv`` (a cut-off run resumes)
+and prints the table of docs/speed.md.
+
+    cd benchmarks
+    python epoch_cost.py --baseline d_model=64 n_heads=4 --candidate d_model=32 n_heads=2
+    python epoch_cost.py --report
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "results" / "epoch_cost.csv"
+TASKS = ["seed", "two_moons", "gaussian_mixture", "gaussian_dag", "slcp", "gaussian_linear",
+         "bernoulli_glm"]
+FIELDS = ["task", "setting", "epochs", "seconds", "s_per_epoch", "tokens", "machine", "partner",
+          "timestamp"]
+
+
+def parse_pairs(pairs: list[str]) -> dict:
+    """``key=value`` pairs -> estimator parameters (values read as JSON where they parse)."""
+    out = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def label(params: dict) -> str:
+    return "default" if not params else "+".join(f"{k}={v}" for k, v in params.items())
+
+
+def time_fit(task_name: str, params: dict, epochs: int) -> dict:
+    """Fit ``epochs`` epochs of the task's 10,000 simulations (seed 0) with ``params``, one
+    thread; the seconds of ``fit`` and the number of tokens."""
+    import torch
+
+    sys.path.insert(0, str(HERE))
+    from skformer import SimformerEstimator
+
+    from harness.methods import skformer_layout
+    from harness.tasks import get_task
+
+    torch.set_num_threads(1)
+    task = get_task(task_name)
+    theta, x = task.simulate(10_000, 0)
+    X = task.joint(theta, x)
+    est = SimformerEstimator(**skformer_layout(task), random_state=0, max_epochs=epochs,
+                             early_stopping=False, **params)
+    import warnings
+
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "max_epochs reached": intended
+        est.fit(X)
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "epochs": est.n_iter_,
+            "tokens": est.model_.network.n_token_slots}
+
+
+def done(out: Path) -> set:
+    import csv
+
+    if not out.exists():
+        return set()
+    with open(out) as fh:
+        return {(r["task"], r["setting"], r["partner"]) for r in csv.DictReader(fh)}
+
+
+def append(out: Path, row: dict) -> None:
+    import csv
+
+    new = not out.exists()
+    out.parent.mkdir(exist_ok=True)
+    with open(out, "a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def report(out: Path = OUT) -> str:
+    """Markdown: per task and pair of settings, seconds per epoch and their ratio."""
+    import pandas as pd
+
+    df = pd.read_csv(out)
+    lines = ["| task | tokens | setting | s / epoch | partner | partner s / epoch "
+             "| setting / partner |",
+             "|---|---|---|---|---|---|---|"]
+    for (task, partner), g in df.groupby(["task", "partner"], sort=False):
+        mine = g.iloc[-1]
+        if mine["setting"] < partner:  # each pair once
+            continue
+        other = df[(df["task"] == task) & (df["setting"] == partner)
+                   & (df["partner"] == mine["setting"])]
+        if other.empty:
+            continue
+        theirs = other.iloc[-1]
+        lines.append(f"| {task} | {mine['tokens']} | {mine['setting']} | "
+                     f"{mine['s_per_epoch']:.2f} | {partner} | {theirs['s_per_epoch']:.2f} | "
+                     f"{mine['s_per_epoch'] / theirs['s_per_epoch']:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--baseline", nargs="*", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--candidate", nargs="*", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--tasks", nargs="+", default=TASKS)
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--report", action="store_true")
+    ap.add_argument("--one", nargs=3, metavar=("TASK", "PARAMS_JSON", "EPOCHS"),
+                    help=argparse.SUPPRESS)  # a child process: time one fit, print JSON
+    args = ap.parse_args(argv)
+    if args.one:
+        task, params, epochs = args.one
+        print(json.dumps(time_fit(task, json.loads(params), int(epochs))))
+        return 0
+    if args.report:
+        print(report(args.out))
+        return 0
+    baseline, candidate = parse_pairs(args.baseline), parse_pairs(args.candidate)
+    if label(baseline) == label(candidate):
+        ap.error("the baseline and the candidate are the same setting.")
+    settings = [(baseline, label(candidate)), (candidate, label(baseline))]
+    machine = f"{platform.processor() or platform.machine()}, 1 thread per process"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    finished = done(args.out)
+    for task in args.tasks:
+        if all((task, label(p), partner) in finished for p, partner in settings):
+            print(f"{task}: done, skipped")
+            continue
+        procs = [subprocess.Popen([sys.executable, __file__, "--one", task, json.dumps(p),
+                                   str(args.epochs)], env=env, cwd=HERE,
+                                  stdout=subprocess.PIPE, text=True) for p, _ in settings]
+        results = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+        if any(p.returncode for p in procs):
+            print(f"{task}: a fit failed", file=sys.stderr)
+            return 1
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        for (params, partner), r in zip(settings, results, strict=True):
+            append(args.out, {"task": task, "setting": label(params), "epochs": r["epochs"],
+                              "seconds": round(r["seconds"], 2),
+                              "s_per_epoch": round(r["seconds"] / r["epochs"], 4),
+                              "tokens": r["tokens"], "machine": machine, "partner": partner,
+                              "timestamp": stamp})
+        print(f"{task}: " + ", ".join(f"{label(p)} {r['seconds'] / r['epochs']:.2f} s/epoch"
+                                      for (p, _), r in zip(settings, results, strict=True)),
+              flush=True)
+    print(report(args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
