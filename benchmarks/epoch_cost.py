@@ -36,15 +36,11 @@ FIELDS = ["task", "setting", "epochs", "seconds", "s_per_epoch", "tokens", "mach
 
 
 def parse_pairs(pairs: list[str]) -> dict:
-    """``key=value`` pairs -> estimator parameters (values read as JSON where they parse)."""
-    out = {}
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
+    """``key=value`` pairs -> estimator parameters, as the harness's ``--skformer`` reads them
+    (values as JSON where they parse)."""
+    from harness.run import _skformer_params
+
+    return _skformer_params(pairs)
 
 
 def label(params: dict) -> str:
