@@ -25,7 +25,10 @@ import platform
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
+
+import rows
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results" / "epoch_cost.csv"
@@ -64,8 +67,6 @@ def time_fit(task_name: str, params: dict, epochs: int) -> dict:
     X = task.joint(theta, x)
     est = SimformerEstimator(**skformer_layout(task), random_state=0, max_epochs=epochs,
                              early_stopping=False, **params)
-    import warnings
-
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "max_epochs reached": intended
@@ -76,24 +77,13 @@ def time_fit(task_name: str, params: dict, epochs: int) -> dict:
 
 
 def done(out: Path) -> set:
-    import csv
-
-    if not out.exists():
-        return set()
-    with open(out) as fh:
-        return {(r["task"], r["setting"], r["partner"]) for r in csv.DictReader(fh)}
+    """(task, setting, partner) of the rows written so far."""
+    return {(r["task"], r["setting"], r["partner"]) for r in rows.read(out)}
 
 
 def append(out: Path, row: dict) -> None:
-    import csv
-
-    new = not out.exists()
     out.parent.mkdir(exist_ok=True)
-    with open(out, "a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=FIELDS)
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+    rows.append(out, FIELDS, row)
 
 
 def report(out: Path = OUT) -> str:
@@ -151,10 +141,11 @@ def main(argv=None) -> int:
         procs = [subprocess.Popen([sys.executable, __file__, "--one", task, json.dumps(p),
                                    str(args.epochs)], env=env, cwd=HERE,
                                   stdout=subprocess.PIPE, text=True) for p, _ in settings]
-        results = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+        outputs = [p.communicate()[0] for p in procs]
         if any(p.returncode for p in procs):
-            print(f"{task}: a fit failed", file=sys.stderr)
+            print(f"{task}: a fit failed (its error is above)", file=sys.stderr)
             return 1
+        results = [json.loads(out.strip().splitlines()[-1]) for out in outputs]
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         for (params, partner), r in zip(settings, results, strict=True):
             append(args.out, {"task": task, "setting": label(params), "epochs": r["epochs"],
