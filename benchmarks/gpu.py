@@ -114,15 +114,11 @@ def time_to_accuracy(device: torch.device, n_sims: int, observations: list[int],
 
 
 def _options(pairs: list[str]) -> dict:
-    """["batch_size=4096", "learning_rate=4e-3"] -> {"batch_size": 4096, ...}."""
-    out = {}
-    for pair in filter(None, pairs):
-        key, _, value = pair.partition("=")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
+    """["batch_size=4096", "learning_rate=4e-3"] -> {"batch_size": 4096, ...}, parsed as the
+    harness's ``--skformer`` pairs are; empty entries (of "a=1,,b=2") are skipped."""
+    from harness.run import _skformer_params
+
+    return _skformer_params([pair for pair in pairs if pair])
 
 
 def main() -> None:

@@ -436,3 +436,44 @@ def test_lotka_volterra_reference_sampler_recovers_a_known_posterior(monkeypatch
     assert np.all(np.abs(s.mean(0) - mean) < 0.25 * sd)
     np.testing.assert_allclose(s.std(0), sd, rtol=0.15)
     assert np.corrcoef(s[:, 0], s[:, 1])[0, 1] == pytest.approx(0.9, abs=0.05)
+
+
+def test_token_layout_scores_both_layouts_and_resumes(tmp_path, monkeypatch):
+    """benchmarks/token_layout.py: a model with one token per column answers the conditional
+    within the variables, one with a token per variable refuses it (recorded, not raised); a
+    second run fits nothing that is done."""
+    import token_layout
+
+    monkeypatch.setattr(token_layout, "SETTINGS", [("column", 2), ("variable", 2)])
+    out = tmp_path / "layout.csv"
+    token_layout.main(["--out", str(out)])
+    done = _rows(out)
+    assert [(r["method"], r["tokens"]) for r in done] == [
+        ("score", "column"), ("score", "variable"), ("flow", "column"), ("flow", "variable")]
+    for r in done:
+        assert float(r["train_s"]) > 0 and float(r["post_logprob_mae"]) >= 0
+        if r["tokens"] == "column":
+            assert float(r["mixed_std_err"]) >= 0
+        else:
+            assert r["mixed_mean_err"] == r["mixed_std_err"] == "refused"
+
+    def no_fit(*args):
+        raise AssertionError(f"refitted {args}")
+
+    monkeypatch.setattr(token_layout, "fit_and_score", no_fit)
+    token_layout.main(["--out", str(out)])
+    assert len(_rows(out)) == 4
+    assert "| score | variable | 2 |" in token_layout.report(out)
+
+
+def test_gpu_options_parse_as_the_harness_does():
+    """benchmarks/gpu.py's --option / --variant pairs go through the harness's parser: JSON
+    values become numbers and dicts, other values stay strings, empty entries are skipped, and
+    a pair without "=" is refused."""
+    import gpu
+
+    pairs = "batch_size=4096,,tokens=variable,training_options={\"ema_decay\": 0.99}"
+    assert gpu._options(pairs.split(",")) == {
+        "batch_size": 4096, "tokens": "variable", "training_options": {"ema_decay": 0.99}}
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        gpu._options(["batch_size"])
