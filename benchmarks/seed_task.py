@@ -49,6 +49,13 @@ def exact_posterior(x_o: np.ndarray, n: int, seed: int) -> np.ndarray:
     return truncnorm.rvs(a, b, loc=mu, scale=0.1, size=(n, 3), random_state=seed)
 
 
+def exact_log_prob(x_o: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    """The exact posterior's log density at ``theta`` (..., 3) given ``x_o``."""
+    mu = np.asarray(x_o, dtype=float) - 1.0
+    a, b = (-1 - mu) / 0.1, (1 - mu) / 0.1
+    return truncnorm.logpdf(theta, a, b, loc=mu, scale=0.1).sum(-1)
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:

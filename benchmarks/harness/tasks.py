@@ -148,11 +148,9 @@ class SeedTask(Task):
         return exact_posterior(self.observation(k), n, seed)
 
     def exact_log_prob(self, k, theta):
-        from scipy.stats import truncnorm
+        from seed_task import exact_log_prob
 
-        mu = self.observation(k) - 1.0
-        a, b = (-1 - mu) / 0.1, (1 - mu) / 0.1
-        return truncnorm.logpdf(theta, a, b, loc=mu, scale=0.1).sum(-1)
+        return exact_log_prob(self.observation(k), theta)
 
 
 # --------------------------------------------------------------------------- sbibm tasks
