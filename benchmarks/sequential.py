@@ -9,6 +9,11 @@ samples), 10,000 simulations in all:
   ``skformer_rounds_lr_fifth`` does so at a fifth of the first fit's learning rate;
 - ``skformer_single``: one fit on 10,000 prior simulations (one fit serves every observation;
   its time is counted once, on observation 1's row);
+- ``skformer_rounds_bounded`` and ``skformer_single_bounded``: the same with the estimator's
+  ``bounds`` set to the prior's box (``skformer.simulation.prior_box`` of the task's torch
+  prior), so that every posterior is truncated to the prior's support as sbi's NPE / TSNPE
+  posteriors are (the single-round model is the same fit, sampled with bounds); the plain
+  methods pass the prior as a callable, which states no support;
 - ``tsnpe``: sbi's truncated sequential NPE (NSF, ``RestrictedPrior`` with
   ``get_density_thresholder(quantile=1e-4)``, sbi's tutorial recipe), 5 rounds of 2,000.
 
@@ -41,7 +46,7 @@ CACHE = HERE / "results" / "cache"
 COLUMNS = ["task", "method", "observation", "c2st", "train_s", "simulations", "rounds",
            "acceptance", "machine", "timestamp"]
 METHODS = ("skformer_rounds", "skformer_rounds_never", "skformer_rounds_lr_fifth",
-           "skformer_single", "tsnpe")
+           "skformer_single", "skformer_rounds_bounded", "skformer_single_bounded", "tsnpe")
 BUDGET, ROUNDS, SAMPLES = 10_000, 5, 10_000
 
 
@@ -49,12 +54,25 @@ def done() -> set[tuple[str, str, int]]:
     return {(r["task"], r["method"], int(r["observation"])) for r in read_rows(OUT)}
 
 
-def skformer_rounds(task, k, **options):
+def prior_bounds(task) -> dict | None:
+    """The task prior's box as the estimator's ``bounds`` (None for an unbounded prior)."""
+    import numpy as np
+
+    from skformer.simulation import prior_box
+
+    n_theta = task.sample_prior(1, np.random.default_rng(0)).shape[1]
+    box = prior_box(task.prior_torch(), n_theta)
+    return None if box is None else {j: (float(lo), float(hi))
+                                     for j, (lo, hi) in enumerate(zip(*box, strict=True))}
+
+
+def skformer_rounds(task, k, bounded=False, **options):
     from skformer import SimformerEstimator
     from skformer.sequential import rounds
 
     t0 = time.perf_counter()
-    result = rounds(SimformerEstimator(random_state=k), task.simulator, task.sample_prior,
+    est = SimformerEstimator(random_state=k, bounds=prior_bounds(task) if bounded else None)
+    result = rounds(est, task.simulator, task.sample_prior,
                     task.observation(k), n_rounds=ROUNDS,
                     simulations_per_round=BUDGET // ROUNDS, random_state=k, verbose=0,
                     **options)
@@ -80,7 +98,19 @@ def skformer_rounds_lr_fifth(task, k):
         "learning_rate": SimformerEstimator().learning_rate / 5})
 
 
-def skformer_single(task, k, cache={}):  # noqa: B006 - one fit per process and task
+def skformer_rounds_bounded(task, k):
+    """The rounds at their defaults with the prior's box as the estimator's bounds."""
+    return skformer_rounds(task, k, bounded=True)
+
+
+def skformer_single_bounded(task, k):
+    """``skformer_single``'s model (the same cached fit) sampled with the prior's box as
+    bounds; its fit time is on ``skformer_single``'s row."""
+    samples, _, n, rounds, acceptance = skformer_single(task, k, bounds=prior_bounds(task))
+    return samples, 0.0, n, rounds, acceptance
+
+
+def skformer_single(task, k, cache={}, bounds=None):  # noqa: B006 - one fit per process, task
     import skformer
 
     from harness.methods import fit_skformer
@@ -96,7 +126,7 @@ def skformer_single(task, k, cache={}):  # noqa: B006 - one fit per process and 
             CACHE.mkdir(parents=True, exist_ok=True)
             skformer.save(est, path)
             cache[task.name] = est
-    est = cache[task.name]
+    est = cache[task.name].set_params(bounds=bounds)
     samples = est.posterior().sample(SAMPLES, observed=task.observation(k), random_state=k)
     return samples, seconds, BUDGET, 1, "1"
 

@@ -13,10 +13,52 @@ import torch
 
 from skformer._utils import as_float_tensor, make_generator, seed_from, to_numpy
 from skformer.dynamics.solvers import ODE_SOLVERS, SOLVERS, network_calls
-from skformer.guidance import parse_constraints
+from skformer.guidance import parse_constraints, sample_satisfying
 from skformer.model import SimformerModel
 
 __all__ = ["Conditional"]
+
+
+def resolve_bounds(bounds, layout, observed_columns=()) -> dict[int, tuple[float, float]]:
+    """``{column: (low, high)}`` (column indexes, column names or variable names) -> bounds per
+    column index (a column bounded twice gets the intersection), leaving out observed columns
+    and bounds that bound nothing. Raises a ValueError for an unknown column, a malformed or
+    empty interval."""
+    if bounds is None:
+        return {}
+    if not isinstance(bounds, dict):
+        raise ValueError("bounds must be a dict {column: (low, high)}; got "
+                         f"{type(bounds).__name__}.")
+    names = layout.column_names
+    out = {}
+    for key, spec in bounds.items():
+        if isinstance(key, str) and key not in names and key in layout.names:
+            columns = list(layout.groups[layout.names.index(key)])
+        elif isinstance(key, str):
+            if key not in names:
+                raise ValueError(f"bounds names an unknown column or variable {key!r}; "
+                                 f"columns: {names}.")
+            columns = [names.index(key)]
+        elif (isinstance(key, (int, np.integer)) and not isinstance(key, bool)
+              and 0 <= key < len(names)):
+            columns = [int(key)]
+        else:
+            raise ValueError(f"bounds column {key!r} is not one of the {len(names)} columns.")
+        try:
+            low, high = (float(v) for v in spec)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"bounds of {key!r} must be (low, high); got {spec!r}.") from err
+        if np.isnan(low) or np.isnan(high) or not low < high:
+            raise ValueError(f"bounds of {key!r} need low < high; got ({low}, {high}).")
+        for c in columns:  # a column bounded twice (by its variable, say) gets both
+            lo, hi = out.get(c, (-np.inf, np.inf))
+            out[c] = (max(lo, low), min(hi, high))
+            if not out[c][0] < out[c][1]:
+                raise ValueError(f"the bounds of column {names[c]!r} leave no room: "
+                                 f"({out[c][0]}, {out[c][1]}).")
+    observed = set(np.asarray(observed_columns).tolist())
+    return {c: b for c, b in out.items()
+            if c not in observed and (np.isfinite(b[0]) or np.isfinite(b[1]))}
 
 
 def _positive_int(value, name: str) -> int:
@@ -40,6 +82,12 @@ class Conditional:
         Default solver of :meth:`sample` (see :mod:`skformer.dynamics.solvers`).
     sampling_steps, log_prob_steps : int, default=20
         Default solver steps of :meth:`sample` and :meth:`log_prob`.
+    bounds : dict or None, default=None
+        Known support of columns, ``{column: (low, high)}`` in data units (a column index, a
+        column name or a variable name, which bounds all its columns; ``-np.inf`` / ``np.inf``
+        for one side): the conditional is the model's truncated to it. Samples outside are
+        redrawn and :meth:`log_prob` is ``-inf`` there. Bounds of observed columns do not
+        apply.
 
     Attributes
     ----------
@@ -53,13 +101,13 @@ class Conditional:
         ``observed_columns``. Columns in neither are marginalised out (sampled, not returned).
     latent_names, observed_names : list of str
         Column names in the same order, for labelling plots.
-    solver, sampling_steps, log_prob_steps
+    solver, sampling_steps, log_prob_steps, bounds
         The defaults above.
     """
 
     def __init__(self, model: SimformerModel, condition_mask: np.ndarray, edge_mask=None, *,
                  returned: np.ndarray | None = None, solver: str = "dpm",
-                 sampling_steps: int = 20, log_prob_steps: int = 20):
+                 sampling_steps: int = 20, log_prob_steps: int = 20, bounds=None):
         self._model = model
         self.condition_mask = np.asarray(condition_mask, dtype=bool)
         self.edge_mask = edge_mask
@@ -77,6 +125,8 @@ class Conditional:
         self._condition = torch.as_tensor(self.condition_mask, device=device)
         self._edges = None if edge_mask is None else torch.as_tensor(edge_mask, device=device)
         self._returned = torch.as_tensor(self.latent_columns, device=device)
+        self.bounds = bounds
+        self._bounds = resolve_bounds(bounds, model.layout, self.observed_columns)
 
     def __repr__(self) -> str:
         return (
@@ -317,7 +367,8 @@ class Conditional:
         gen = make_generator(seed_from(random_state), m.device)
         rows, states = self._joint_rows(obs)
         x = m.sample(states, rows, n_samples, edges=self._edges, steps=steps,
-                     solver=solver, generator=gen, guide=guide)
+                     solver=solver, generator=gen, guide=guide,
+                     support=self._support(m.standardiser.mean, m.standardiser.scale))
         out = to_numpy(x[..., self._returned])
         return out if batched else out[0]
 
@@ -327,8 +378,14 @@ class Conditional:
         states, rows = self._iid_inputs(observed, constraints, prior, iid_method)
         m = self._model
         gen = make_generator(seed_from(random_state), m.device)
-        x = m.sample_iid(states, rows, n_samples, edges=self._edges, steps=steps,
-                         solver=solver, generator=gen, method=iid_method, prior=prior)
+
+        def draw(k):
+            return m.sample_iid(states, rows, k, edges=self._edges, steps=steps,
+                                solver=solver, generator=gen, method=iid_method, prior=prior)
+
+        zero = torch.zeros(m.n_columns, device=m.device)
+        support = self._support(zero, torch.ones_like(zero))  # sample_iid gives data units
+        x = draw(n_samples) if support is None else sample_satisfying(draw, support, n_samples)
         return to_numpy(x[:, self._returned])
 
     def _iid_inputs(self, observed, constraints, prior, iid_method
@@ -442,8 +499,36 @@ class Conditional:
             signs = torch.randint(0, 2, (n_probes, m.n_columns), generator=gen, device=m.device)
             probes = (2.0 * signs - 1.0) * (~self._condition).float()
         rows, states = self._joint_rows(obs, v, density=True)
-        return to_numpy(m.log_prob(states, rows, edges=self._edges, steps=steps,
-                                   solver=solver, probes=probes))
+        out = to_numpy(m.log_prob(states, rows, edges=self._edges, steps=steps,
+                                  solver=solver, probes=probes))
+        if self._bounds:
+            out[~self._inside(to_numpy(v))] = -np.inf
+        return out
+
+    # ------------------------------------------------------------------ bounds
+    def _support(self, mean: torch.Tensor, scale: torch.Tensor):
+        """The bounds of the non-observed columns as a region in the units that ``mean`` and
+        ``scale`` standardise (None without bounds)."""
+        if not self._bounds:
+            return None
+        return parse_constraints(self._bounds, self._model.layout.column_names,
+                                 self.observed_columns, mean, scale)
+
+    def _inside(self, values: np.ndarray) -> np.ndarray:
+        """Boolean (n,): the rows of latent ``values`` (data units) inside the bounds."""
+        ok = np.ones(values.shape[0], dtype=bool)
+        for j, c in enumerate(self.latent_columns):
+            if c in self._bounds:
+                low, high = self._bounds[c]
+                ok &= ~((values[:, j] < low) | (values[:, j] > high))  # NaN: no value
+        return ok
+
+    def _clip(self, values: np.ndarray) -> np.ndarray:
+        """Latent ``values`` (data units) moved onto the bounds where they lie outside."""
+        for j, c in enumerate(self.latent_columns):
+            if c in self._bounds:
+                values[:, j] = np.clip(values[:, j], *self._bounds[c])
+        return values
 
     # ------------------------------------------------------------------ mode
     def map(
@@ -499,6 +584,7 @@ class Conditional:
         climbed = to_numpy(m.climb(states, rows, torch.as_tensor(best, device=m.device),
                                    edges=self._edges, n_iter=n_iter,
                                    learning_rate=learning_rate))
+        climbed = self._clip(climbed)
         final = self.log_prob(climbed, observed)
         return climbed[int(np.argmax(final))]
 
@@ -525,4 +611,5 @@ class Conditional:
         climbed = to_numpy(m.climb(states[:1], rows[:1], torch.as_tensor(best, device=m.device),
                                    edges=self._edges, n_iter=n_iter,
                                    learning_rate=learning_rate, denoise=denoise))
+        climbed = self._clip(climbed)
         return climbed[int(np.argmax(kde(climbed.T)))]

@@ -25,7 +25,7 @@ import skformer._version as _version
 import skformer.distributed as distributed
 from skformer._legacy import pickle_state_to_description
 from skformer._utils import FitSeeds, fit_seeds, resolve_device, to_numpy, torch_threads, warn
-from skformer.conditional import Conditional
+from skformer.conditional import Conditional, resolve_bounds
 from skformer.dynamics import METHODS, Dynamics, make_dynamics
 from skformer.dynamics.solvers import SOLVERS
 from skformer.graph import DAG
@@ -93,6 +93,16 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         latent and all others observed. A model of a single variable (one column, say) has no
         such split: with both None it learns the joint density, for ``sample`` and
         ``score_samples``.
+    bounds : dict or None, default=None
+        Known support of columns, ``{column: (low, high)}`` in data units, with a column index,
+        a column name, or a variable name for all its columns (``-np.inf`` / ``np.inf`` for
+        one side); typically a uniform prior's box, ``{"theta": (-1, 1)}``. Every conditional
+        is then the model's truncated to the bounds of its non-observed columns, as sbi's
+        posteriors are truncated to the prior's support: samples outside are redrawn,
+        ``log_prob`` and ``score_samples`` are ``-inf`` there, and ``map`` stays inside. Read
+        when a conditional is made, so ``set_params(bounds=...)`` applies to a fitted model
+        without a refit. Inside the bounds a log density stays the model's: it is not
+        renormalised for the mass the model puts outside them.
     tokens : {"column", "variable"} or int, default="column"
         What the Transformer attends over: one token per scalar column (the Simformer paper's
         choice), one per variable (each embedding its columns' values and observed flags, as
@@ -234,6 +244,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         "posterior_latent": [None, "array-like", Interval(Integral, None, None, closed="neither")],
         "posterior_observed": [None, "array-like",
                                Interval(Integral, None, None, closed="neither")],
+        "bounds": [None, dict],
         "tokens": [StrOptions({"column", "variable"}),
                    Interval(Integral, 1, None, closed="left")],
         "d_model": [Interval(Integral, 1, None, closed="left")],
@@ -270,6 +281,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         edge_masks=None,
         posterior_latent=None,
         posterior_observed=None,
+        bounds=None,
         tokens="column",
         d_model=64,
         n_layers=4,
@@ -300,6 +312,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         self.edge_masks = edge_masks
         self.posterior_latent = posterior_latent
         self.posterior_observed = posterior_observed
+        self.bounds = bounds
         self.tokens = tokens
         self.d_model = d_model
         self.n_layers = n_layers
@@ -537,6 +550,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
                 f"X needs at least 2 samples (rows) to fit; got {X.shape[0]} sample."
             )
         split = self._training_split(layout)
+        resolve_bounds(self.bounds, layout)  # a wrong key fails here, not at the first sample
         device = distributed.local_device(resolve_device(self.device))
         group = distributed.current(device)
         seeds = fit_seeds(self.random_state, len(self.loss_curve_) if warm else 0)
@@ -678,6 +692,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         if distributed.current(device) is not None:
             raise ValueError("partial_fit does not train data-parallel under torchrun; use fit.")
         split = self._training_split(layout)
+        resolve_bounds(self.bounds, layout)  # a wrong key fails here, not at the first sample
         trainer = self.__dict__.get("_partial")
         if trainer is None:
             seeds = fit_seeds(self.random_state, 0 if first else len(self.loss_curve_))
@@ -890,7 +905,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         return Conditional(self.model_ if model is None else model, condition_columns,
                            edge_columns, returned=returned, solver=self.solver,
                            sampling_steps=self.sampling_steps,
-                           log_prob_steps=self.log_prob_steps)
+                           log_prob_steps=self.log_prob_steps, bounds=self.bounds)
 
     def _at(self, positions) -> SimformerModel:
         """The fitted model over the tokens ``positions`` asks for (see

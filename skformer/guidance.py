@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["LinearConstraints", "parse_constraints", "sample_satisfying"]
+__all__ = ["LinearConstraints", "intersect", "parse_constraints", "sample_satisfying"]
 
 
 @dataclass(frozen=True)
@@ -30,8 +30,8 @@ class LinearConstraints:
 
     def satisfied(self, x: torch.Tensor) -> torch.Tensor:
         """Boolean (n,) of the rows of ``x`` inside every constraint."""
-        y = x @ self.A.T
-        return ((y >= self.low) & (y <= self.high)).all(dim=1)
+        y = x @ self.A.T.to(x.dtype)
+        return ((y >= self.low.to(x.dtype)) & (y <= self.high.to(x.dtype))).all(dim=1)
 
     def guide(self, denoise: Callable, observed: torch.Tensor) -> Callable:
         """``denoise`` plus sigma^2 times the gradient of a soft indicator of the region.
@@ -53,6 +53,15 @@ class LinearConstraints:
             return torch.where(observed, x, d.detach() + sigma**2 * g)
 
         return guided
+
+
+def intersect(*regions: LinearConstraints | None) -> LinearConstraints | None:
+    """The region inside every one of ``regions`` (None ones left out; None if all are)."""
+    given = [r for r in regions if r is not None]
+    if len(given) <= 1:
+        return given[0] if given else None
+    return LinearConstraints(torch.cat([r.A for r in given]), torch.cat([r.low for r in given]),
+                             torch.cat([r.high for r in given]))
 
 
 def parse_constraints(constraints, column_names, observed_columns, mean: torch.Tensor,
@@ -132,7 +141,7 @@ def _column_index(key, column_names) -> int:
 
 def sample_satisfying(draw: Callable[[int], torch.Tensor], constraints: LinearConstraints,
                       n: int, max_rounds: int = 20) -> torch.Tensor:
-    """``n`` rows of ``draw(k)`` (k guided samples) inside the constraints, redrawing the rest.
+    """``n`` rows of ``draw(k)`` (k samples) inside the constraints, redrawing the rest.
 
     Each round draws enough for the acceptance rate seen so far (20 % spare, at most 20 n).
     """
@@ -148,6 +157,6 @@ def sample_satisfying(draw: Callable[[int], torch.Tensor], constraints: LinearCo
         if have >= n:
             return torch.cat(kept)[:n]
     raise ValueError(
-        f"only {have} of {n} samples satisfied the constraints after {max_rounds} rounds of "
-        "guided sampling: the constrained region holds almost no mass of this conditional."
+        f"only {have} of {n} samples satisfied the constraints or bounds after {max_rounds} "
+        "rounds of sampling: the region holds almost no mass of this conditional."
     )

@@ -22,7 +22,7 @@ from torch import nn
 from skformer._utils import DTYPE
 from skformer.dynamics import Dynamics, make_dynamics
 from skformer.dynamics.solvers import Denoiser, log_density, solve, with_divergence
-from skformer.guidance import LinearConstraints, sample_satisfying
+from skformer.guidance import LinearConstraints, intersect, sample_satisfying
 from skformer.layout import Layout
 from skformer.network import LATENT, MISSING, OBSERVED, MaskedTransformer
 from skformer.positions import PositionedNetwork, PositionTable
@@ -256,8 +256,8 @@ class SimformerModel(nn.Module):
     @torch.no_grad()
     def sample(self, states: torch.Tensor, values: torch.Tensor, n: int, *,
                edges: torch.Tensor | None = None, steps: int, solver: str,
-               generator: torch.Generator, guide: LinearConstraints | None = None
-               ) -> torch.Tensor:
+               generator: torch.Generator, guide: LinearConstraints | None = None,
+               support: LinearConstraints | None = None) -> torch.Tensor:
         """``n`` joint samples per observation.
 
         Parameters
@@ -276,7 +276,11 @@ class SimformerModel(nn.Module):
         solver : str
         generator : torch.Generator
         guide : LinearConstraints or None
-            Constraints in standard units (see :mod:`skformer.guidance`).
+            Constraints in standard units (see :mod:`skformer.guidance`): sampling is guided
+            towards them and samples outside are redrawn.
+        support : LinearConstraints or None
+            A region in standard units that samples must lie in, by rejection alone (no
+            guidance): the distribution truncated to it.
 
         Returns
         -------
@@ -286,7 +290,8 @@ class SimformerModel(nn.Module):
         """
         states = self._states(states, values.shape[0])
         z = self._standard(states, values)
-        if guide is None:
+        region = intersect(guide, support)
+        if region is None:
             x = self._sample_standardised(states, z, n, edges, steps, solver, generator)
         else:
             x = torch.cat([
@@ -294,7 +299,7 @@ class SimformerModel(nn.Module):
                     lambda k, i=i: self._sample_standardised(
                         states[i : i + 1], z[i : i + 1], k, edges, steps, solver, generator,
                         guide),
-                    guide, n)
+                    region, n)
                 for i in range(z.shape[0])
             ])
         return self.standardiser.inverse(x).view(z.shape[0], n, self.n_columns)

@@ -31,7 +31,7 @@ import numpy as np
 from sklearn.base import clone
 
 from skformer._utils import seed_from, warn
-from skformer.simulation import _draw, simulate_at
+from skformer.simulation import _draw, prior_box, simulate_at
 
 __all__ = ["Round", "RoundsResult", "rounds"]
 
@@ -181,7 +181,12 @@ def rounds(estimator, simulator, prior, observed, n_rounds: int = 5,
         Its settings (unfitted or fitted: it is cloned, never changed). When its
         ``variables``, ``posterior_latent`` and ``posterior_observed`` are None, the clone
         groups the columns into two variables, ``theta`` and ``x``, so that the training masks
-        favour the posterior and the likelihood.
+        favour the posterior and the likelihood. When its ``bounds`` are None and the prior
+        states a box support (a torch distribution's ``support``, e.g. ``BoxUniform``, or a
+        scipy distribution's ``support()``), the clone's ``bounds`` become that box on the
+        theta columns: every posterior, and so every round's region, is truncated to the
+        prior's support, as sbi's are. A callable prior states none; set ``bounds`` on the
+        estimator yourself then.
     simulator, prior
         As :func:`skformer.simulate` takes them: ``simulator(theta)`` (or
         ``simulator(theta, rng)``) on a batch; ``prior`` with ``sample(shape)`` (torch, e.g.
@@ -325,7 +330,7 @@ def rounds(estimator, simulator, prior, observed, n_rounds: int = 5,
             simulate_seconds = time.perf_counter() - t0
             n_failed = state.add(r, theta, x)
             if r == 0:
-                est = _prepare(est, state.n_theta, x_o.size)
+                est = _prepare(est, state.n_theta, x_o.size, prior)
                 own = {k: v for k, v in est.get_params().items() if k in (warm_params or {})}
             fresh = r in fresh_rounds
             region, record = _fit_round(est, state, r, kind, len(theta), n_failed, acceptance,
@@ -428,13 +433,19 @@ def _first_round(initial, prior, n, seed, x_o):
     return rows[:, :n_theta], "prior", 1.0, rows[:, n_theta:]
 
 
-def _prepare(est, n_theta: int, n_x: int):
+def _prepare(est, n_theta: int, n_x: int, prior):
     """Group the columns into theta and x for the training masks, unless the user grouped
-    them or named the posterior's variables."""
+    them or named the posterior's variables; bound theta by the prior's support box unless
+    the user set bounds."""
     params = est.get_params()
     if all(params.get(k) is None for k in ("variables", "posterior_latent",
                                              "posterior_observed")):
         est.set_params(variables=[n_theta, n_x])
+    box = prior_box(prior, n_theta) if params.get("bounds") is None else None
+    if box is not None:
+        est.set_params(bounds={j: (float(lo), float(hi))
+                               for j, (lo, hi) in enumerate(zip(*box, strict=True))
+                               if np.isfinite(lo) or np.isfinite(hi)})
     return est
 
 

@@ -190,6 +190,42 @@ def _draw(prior, n: int, seed: np.random.SeedSequence) -> np.ndarray:
     return theta
 
 
+def prior_box(prior, n_theta: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The box ``(low, high)`` (each of shape (n_theta,)) that holds a prior's support, when
+    the prior says: a torch distribution's ``support`` (an interval, a one-sided bound, or
+    ``independent`` of one) or a scipy distribution's ``support()``. None when it says nothing
+    (a callable, an unbounded or unknown support)."""
+    low = high = None
+    if hasattr(prior, "sample") and not callable(getattr(prior, "rvs", None)):
+        try:
+            c = prior.support
+        except (NotImplementedError, AttributeError):
+            return None
+        while hasattr(c, "base_constraint"):
+            c = c.base_constraint
+        low, high = getattr(c, "lower_bound", None), getattr(c, "upper_bound", None)
+    elif callable(getattr(prior, "support", None)):
+        try:
+            low, high = prior.support()
+        except (TypeError, ValueError):
+            return None
+    if low is None and high is None:
+        return None
+
+    def side(v, fill):
+        v = fill if v is None else v
+        v = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v
+        try:
+            return np.broadcast_to(np.asarray(v, dtype=np.float64).ravel(), (n_theta,)).copy()
+        except ValueError:
+            return None
+
+    low, high = side(low, -np.inf), side(high, np.inf)
+    if low is None or high is None or not (np.isfinite(low).any() or np.isfinite(high).any()):
+        return None
+    return low, high
+
+
 def _takes_rng(simulator: Callable) -> bool:
     try:
         return "rng" in inspect.signature(simulator).parameters

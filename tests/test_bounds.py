@@ -1,0 +1,175 @@
+"""Known support (``bounds``): every conditional truncated to it, the prior's box in rounds."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+from scipy.stats import ks_2samp
+
+from skformer import SimformerEstimator, load, save
+from skformer.simulation import prior_box
+
+from _data import TINY
+
+X_EDGE = np.array([1.95, 0.9, 1.3])  # theta_0 | x_0 ~ N(0.95, 0.1) cut at the prior's edge 1
+MU = X_EDGE - 1.0
+
+
+def bounded(fitted, bounds):
+    est = copy.deepcopy(fitted)  # the fixture is shared: leave it as it is
+    return est.set_params(bounds=bounds)
+
+
+def test_posterior_at_the_prior_edge_stays_inside_the_prior(fitted):
+    """The seed task's prior is U(-1, 1)^3 and theta_0 | x_0 ~ N(0.95, 0.1) cut at 1: the
+    unbounded tiny model puts several per cent of its draws above 1, the bounded none, and the
+    bounded draws are the unbounded ones that fall inside (a two-sample KS test). The tiny
+    model is too wide at the edge (sd 0.09 against the exact 0.07), so its mean there is not
+    the exact one with or without bounds: bounds remove impossible draws, not model error."""
+    plain = fitted.posterior().sample(6000, observed=X_EDGE, random_state=1)
+    assert (plain[:, 0] > 1).mean() > 0.02
+    s = bounded(fitted, {"v0": (-1.0, 1.0)}).posterior().sample(3000, observed=X_EDGE,
+                                                                random_state=0)
+    assert s.shape == (3000, 3)
+    assert (np.abs(s) <= 1.0).all()
+    kept = plain[plain[:, 0] <= 1]
+    assert ks_2samp(kept[:, 0], s[:, 0]).pvalue > 0.01
+    np.testing.assert_allclose(s[:, 1:].mean(0), MU[1:], atol=0.05)
+
+
+def test_bounds_are_the_unbounded_samples_kept_inside(fitted):
+    """Truncation by rejection: the same distribution as the unbounded model's draws that fall
+    inside, here a cut through the middle of theta_1's posterior."""
+    plain = fitted.posterior().sample(6000, observed=X_EDGE, random_state=1)
+    kept = plain[plain[:, 1] >= MU[1]]
+    s = bounded(fitted, {1: (MU[1], np.inf)}).posterior().sample(3000, observed=X_EDGE,
+                                                                 random_state=2)
+    assert (s[:, 1] >= MU[1]).all()
+    # two samples of one distribution: means within 4 standard errors
+    se = np.sqrt(kept[:, 1].var() / len(kept) + s[:, 1].var() / len(s))
+    assert abs(kept[:, 1].mean() - s[:, 1].mean()) < 4 * se
+    # the half-normal above the mean: mean MU + 0.1 sqrt(2 / pi)
+    assert abs(s[:, 1].mean() - (MU[1] + 0.1 * np.sqrt(2 / np.pi))) < 0.02
+
+
+def test_log_prob_is_minus_infinity_outside_and_unchanged_inside(fitted):
+    est = bounded(fitted, {0: (-1.0, 0.5)})
+    theta = np.array([[0.2, -0.1, 0.3], [0.7, -0.1, 0.3], [-1.2, -0.1, 0.3]])
+    lp = est.posterior().log_prob(theta, observed=[1.2, 0.9, 1.3])
+    assert np.isneginf(lp[1:]).all()
+    ref = fitted.posterior().log_prob(theta[:1], observed=[1.2, 0.9, 1.3])
+    np.testing.assert_allclose(lp[:1], ref)
+    # the joint (score_samples) too: a row with theta_0 outside has no density
+    rows = np.array([[0.2, -0.1, 0.3, 1.2, 0.9, 1.3], [0.7, -0.1, 0.3, 1.7, 0.9, 1.3]])
+    joint = est.score_samples(rows.reshape(2, 2, 3))
+    assert np.isfinite(joint[0]) and np.isneginf(joint[1])
+
+
+def test_map_and_iid_samples_stay_inside(fitted):
+    est = bounded(fitted, {"v0": (-1.0, 1.0), 2: (-np.inf, 0.35)})
+    post = est.posterior()
+    mode = post.map(observed=X_EDGE, random_state=0, n_iter=20)
+    assert (np.abs(mode) <= 1.0).all() and mode[2] <= 0.35  # v0 and column 2: both apply
+    trials = X_EDGE + 0.05 * np.random.default_rng(0).standard_normal((2, 3))
+    s = post.sample(100, trials, iid=True, random_state=0)
+    assert s.shape == (100, 3)
+    assert (np.abs(s) <= 1.0).all() and (s[:, 2] <= 0.35).all()
+
+
+def test_bounds_of_observed_columns_do_not_apply(fitted):
+    """A bound on x does not constrain the posterior, whose x is given; the likelihood's x is
+    bounded."""
+    est = bounded(fitted, {"v1": (0.0, 1.0)})
+    s = est.posterior().sample(50, observed=X_EDGE, random_state=0)  # x_0 = 1.95 is given
+    assert s.shape == (50, 3)
+    x = est.likelihood().sample(500, observed=[0.1, -0.05, 0.0], random_state=0)
+    assert (x >= 0).all() and (x <= 1).all()
+
+
+@pytest.mark.parametrize("bounds, match", [
+    ({9: (0.0, 1.0)}, "not one of"),
+    ({"nope": (0.0, 1.0)}, "unknown column or variable"),
+    ({0: (0.5, 0.1)}, "low < high"),
+    ({0: 3.0}, r"\(low, high\)"),
+    ({"v0": (-1, 1), 0: (2, 3)}, "leave no room"),
+    ([(0, 1)], "dict"),
+])
+def test_bad_bounds_fail_clearly(fitted, bounds, match):
+    with pytest.raises(ValueError, match=match):
+        bounded(fitted, bounds).posterior()
+
+
+def test_bad_bounds_fail_at_fit():
+    X = np.random.default_rng(0).normal(size=(40, 2))
+    with pytest.raises(ValueError, match="unknown column"):
+        SimformerEstimator(bounds={"nope": (0, 1)}, max_epochs=1, d_model=8, n_layers=1,
+                           n_heads=1).fit(X)
+
+
+def test_bounds_survive_both_file_formats(fitted, tmp_path):
+    import joblib
+
+    est = bounded(fitted, {"v0": (-1.0, 1.0), 4: (-np.inf, 2.0)})
+    save(est, tmp_path / "m.skf")
+    joblib.dump(est, tmp_path / "m.joblib")
+    for back in (load(tmp_path / "m.skf"), joblib.load(tmp_path / "m.joblib")):
+        assert back.bounds == est.bounds
+        s = back.posterior().sample(200, observed=X_EDGE, random_state=0)
+        assert (np.abs(s) <= 1).all()
+
+
+@pytest.mark.parametrize("prior, low, high", [
+    (torch.distributions.Independent(
+        torch.distributions.Uniform(torch.tensor([-1.0, 0.0]), torch.tensor([1.0, 3.0])), 1),
+     [-1, 0], [1, 3]),
+    (torch.distributions.Uniform(torch.tensor([-2.0, -2.0]), torch.tensor([2.0, 2.0])),
+     [-2, -2], [2, 2]),
+    (torch.distributions.Independent(torch.distributions.Gamma(
+        torch.ones(2), torch.ones(2)), 1), [0, 0], [np.inf, np.inf]),
+    (scipy.stats.uniform(loc=[-1, 0], scale=[2, 5]), [-1, 0], [1, 5]),
+])
+def test_prior_box_reads_the_support(prior, low, high):
+    lo, hi = prior_box(prior, 2)
+    np.testing.assert_allclose(lo, low)
+    np.testing.assert_allclose(hi, high)
+
+
+@pytest.mark.parametrize("prior", [
+    lambda n, rng: rng.uniform(-1, 1, (n, 2)),
+    torch.distributions.MultivariateNormal(torch.zeros(2), torch.eye(2)),
+    scipy.stats.norm(),
+    scipy.stats.multivariate_normal(np.zeros(2)),
+])
+def test_prior_box_says_none_when_the_prior_states_no_bound(prior):
+    assert prior_box(prior, 2) is None
+
+
+def _rounds(prior, bounds=None):
+    from skformer.sequential import rounds
+
+    def simulator(theta, rng):
+        return theta + 0.1 * rng.standard_normal(theta.shape)
+
+    est = SimformerEstimator(max_epochs=2, random_state=0, bounds=bounds, **TINY)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return rounds(est, simulator, prior, observed=[0.95, 0.0], n_rounds=2,
+                      simulations_per_round=200, truncation="box", n_posterior_samples=100,
+                      random_state=0, verbose=0)
+
+
+def test_rounds_bound_theta_by_a_box_prior():
+    box = torch.distributions.Independent(
+        torch.distributions.Uniform(-torch.ones(2), torch.ones(2)), 1)
+    result = _rounds(box)
+    assert result.estimator.bounds == {0: (-1.0, 1.0), 1: (-1.0, 1.0)}
+    s = result.posterior().sample(200, observed=[0.95, 0.0], random_state=0)
+    assert (np.abs(s) <= 1).all()
+    # the user's own bounds win; a callable prior states none
+    assert _rounds(box, bounds={0: (-0.5, 0.5)}).estimator.bounds == {0: (-0.5, 0.5)}
+    assert _rounds(lambda n, rng: rng.uniform(-1, 1, (n, 2))).estimator.bounds is None
