@@ -477,3 +477,22 @@ def test_gpu_options_parse_as_the_harness_does():
         "batch_size": 4096, "tokens": "variable", "training_options": {"ema_decay": 0.99}}
     with pytest.raises(SystemExit, match="KEY=VALUE"):
         gpu._options(["batch_size"])
+
+
+def test_bounds_prior_gives_skformer_the_prior_box():
+    """``--skformer bounds=prior``: a fit on a uniform-prior task gets the prior's box as
+    bounds (its posterior samples stay inside), a Gaussian prior none."""
+    import warnings
+
+    from harness.methods import fit_skformer, prior_bounds
+
+    assert prior_bounds(get_task("two_moons")) == {0: (-1.0, 1.0), 1: (-1.0, 1.0)}
+    assert prior_bounds(get_task("bernoulli_glm")) is None
+    task = get_task("two_moons")
+    theta, x = task.simulate(200, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est, _ = fit_skformer(task, theta, x, seed=0, bounds="prior", **QUICK_SKFORMER)
+    assert est.bounds == {0: (-1.0, 1.0), 1: (-1.0, 1.0)}
+    s = est.posterior().sample(300, observed=x[0], random_state=0)  # no sbibm files needed
+    assert (np.abs(s) <= 1).all()

@@ -104,6 +104,18 @@ def with_missing(X: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     return flat.reshape(X.shape)
 
 
+def prior_bounds(task: Task) -> dict | None:
+    """The task prior's support box as ``SimformerEstimator(bounds=...)`` over the theta
+    columns (None when the prior states none), so that skformer's posteriors stay inside the
+    prior's support as sbi's do."""
+    from skformer.simulation import prior_box
+
+    n_theta = task.sample_prior(1, np.random.default_rng(0)).shape[1]
+    box = prior_box(task.prior_torch(), n_theta)
+    return None if box is None else {j: (float(lo), float(hi))
+                                     for j, (lo, hi) in enumerate(zip(*box, strict=True))}
+
+
 def fit_skformer(task: Task, theta, x, seed: int, variables: str = "task",
                  missing: float = 0.0, dag: str | None = None, split: bool = True, **kwargs):
     """Fit a SimformerEstimator on a task's simulations (its defaults unless ``kwargs`` say
@@ -115,6 +127,8 @@ def fit_skformer(task: Task, theta, x, seed: int, variables: str = "task",
     from skformer import SimformerEstimator
     from skformer.graph import DAG
 
+    if kwargs.get("bounds") == "prior":  # --skformer bounds=prior: the prior's box, if any
+        kwargs["bounds"] = prior_bounds(task)
     if dag is not None:
         if not hasattr(task, "PARENTS"):
             raise ValueError(f"task {task.name} declares no DAG.")
