@@ -17,7 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["LinearConstraints", "intersect", "parse_constraints", "sample_satisfying"]
+__all__ = ["LinearConstraints", "intersect", "parse_constraints", "sample_each_satisfying",
+           "sample_satisfying"]
 
 
 @dataclass(frozen=True)
@@ -145,18 +146,41 @@ def sample_satisfying(draw: Callable[[int], torch.Tensor], constraints: LinearCo
 
     Each round draws enough for the acceptance rate seen so far (20 % spare, at most 20 n).
     """
-    kept, have, drawn = [], 0, 0
+    return sample_each_satisfying(lambda groups, k: draw(k)[None], constraints, n, 1,
+                                  max_rounds)[0]
+
+
+def sample_each_satisfying(draw: Callable[[np.ndarray, int], torch.Tensor],
+                           constraints: LinearConstraints, n: int, n_groups: int,
+                           max_rounds: int = 20) -> torch.Tensor:
+    """``n`` rows inside the constraints for each of ``n_groups`` groups (observations), in
+    one batch per round: ``draw(groups, k)`` returns k rows for each group listed, shape
+    (len(groups), k, columns), and only groups still short of ``n`` are drawn again.
+
+    Each round draws enough for the lowest acceptance rate seen so far among the groups drawn
+    (20 % spare, at most 20 n). Returns shape (n_groups, n, columns).
+    """
+    kept: list[list[torch.Tensor]] = [[] for _ in range(n_groups)]
+    have = np.zeros(n_groups, dtype=np.int64)
+    drawn = np.zeros(n_groups, dtype=np.int64)
     for _ in range(max_rounds):
-        rate = max(have / drawn, 0.01) if drawn else 1.0
-        want = min(int(np.ceil(1.2 * (n - have) / rate)) + 8, 20 * n)
-        x = draw(want)
-        ok = constraints.satisfied(x)
-        kept.append(x[ok])
-        have += int(ok.sum())
-        drawn += want
-        if have >= n:
-            return torch.cat(kept)[:n]
-    raise ValueError(
-        f"only {have} of {n} samples satisfied the constraints or bounds after {max_rounds} "
-        "rounds of sampling: the region holds almost no mass of this conditional."
-    )
+        need = np.flatnonzero(have < n)
+        if not need.size:
+            break
+        rate = np.where(drawn[need] > 0, np.maximum(have[need] / np.maximum(drawn[need], 1),
+                                                    0.01), 1.0)
+        want = int(min(np.ceil(1.2 * (n - have[need]) / rate).max() + 8, 20 * n))
+        x = draw(need, want)
+        ok = constraints.satisfied(x.reshape(-1, x.shape[-1])).view(len(need), want)
+        for j, g in enumerate(need):
+            kept[g].append(x[j][ok[j]])
+            have[g] += int(ok[j].sum())
+            drawn[g] += want
+    if (have < n).any():
+        worst = int(have.min())
+        raise ValueError(
+            f"only {worst} of {n} samples satisfied the constraints or bounds after "
+            f"{max_rounds} rounds of sampling: the region holds almost no mass of this "
+            "conditional" + ("." if n_groups == 1 else
+                             f" for observation {int(np.argmin(have))}."))
+    return torch.stack([torch.cat(k)[:n] for k in kept])

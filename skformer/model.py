@@ -22,7 +22,7 @@ from torch import nn
 from skformer._utils import DTYPE
 from skformer.dynamics import Dynamics, make_dynamics
 from skformer.dynamics.solvers import Denoiser, log_density, solve, with_divergence
-from skformer.guidance import LinearConstraints, intersect, sample_satisfying
+from skformer.guidance import LinearConstraints, intersect, sample_each_satisfying
 from skformer.layout import Layout
 from skformer.network import LATENT, MISSING, OBSERVED, MaskedTransformer
 from skformer.positions import PositionedNetwork, PositionTable
@@ -294,14 +294,13 @@ class SimformerModel(nn.Module):
         if region is None:
             x = self._sample_standardised(states, z, n, edges, steps, solver, generator)
         else:
-            x = torch.cat([
-                sample_satisfying(
-                    lambda k, i=i: self._sample_standardised(
-                        states[i : i + 1], z[i : i + 1], k, edges, steps, solver, generator,
-                        guide),
-                    region, n)
-                for i in range(z.shape[0])
-            ])
+            x = sample_each_satisfying(
+                lambda groups, k: self._sample_standardised(
+                    states[torch.as_tensor(groups, device=z.device)],
+                    z[torch.as_tensor(groups, device=z.device)], k, edges, steps, solver,
+                    generator,
+                    guide).view(len(groups), k, -1),
+                region, n, z.shape[0]).flatten(0, 1)
         return self.standardiser.inverse(x).view(z.shape[0], n, self.n_columns)
 
     def _sample_standardised(self, states, z, n, edges, steps, solver, gen,

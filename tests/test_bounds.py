@@ -173,3 +173,37 @@ def test_rounds_bound_theta_by_a_box_prior():
     # the user's own bounds win; a callable prior states none
     assert _rounds(box, bounds={0: (-0.5, 0.5)}).estimator.bounds == {0: (-0.5, 0.5)}
     assert _rounds(lambda n, rng: rng.uniform(-1, 1, (n, 2))).estimator.bounds is None
+
+
+def test_several_observations_are_bounded_in_one_batch(fitted):
+    """A 2-D ``observed`` is sampled in batches over every observation still short of rows:
+    each gets its own truncated posterior (here one at the prior's edge, one inside)."""
+    est = bounded(fitted, {"v0": (-1.0, 1.0)})
+    observed = np.array([X_EDGE, [1.2, 0.9, 1.3], [0.1, 0.05, 1.0]])
+    s = est.posterior().sample(400, observed=observed, random_state=0)
+    assert s.shape == (3, 400, 3)
+    assert (np.abs(s) <= 1.0).all()
+    for row, x in zip(s, observed, strict=True):
+        alone = est.posterior().sample(400, observed=x, random_state=1)
+        np.testing.assert_allclose(row.mean(0), alone.mean(0), atol=0.03)
+    np.testing.assert_allclose(s[1].mean(0), observed[1] - 1.0, atol=0.05)
+
+
+def test_each_observation_gets_its_rows_or_a_clear_error():
+    from skformer.guidance import LinearConstraints, sample_each_satisfying
+
+    cons = LinearConstraints(torch.tensor([[1.0]]), torch.tensor([0.0]), torch.tensor([np.inf]))
+    g = torch.Generator().manual_seed(0)
+    shift = torch.tensor([2.0, -1.0])  # acceptance about 1.0 and 0.16
+
+    def draw(groups, k):
+        return torch.randn(len(groups), k, 1, generator=g) + shift[groups][:, None, None]
+
+    out = sample_each_satisfying(draw, cons, 200, 2)
+    assert out.shape == (2, 200, 1) and (out >= 0).all()
+    assert out[0].mean() > out[1].mean()  # each group keeps its own distribution
+    def hopeless_second(groups, k):  # observation 1 lies far below the bound
+        return draw(groups, k) - 5.0 * torch.as_tensor(groups == 1)[:, None, None]
+
+    with pytest.raises(ValueError, match="observation 1"):
+        sample_each_satisfying(hopeless_second, cons, 50, 2, max_rounds=2)
