@@ -496,3 +496,19 @@ def test_bounds_prior_gives_skformer_the_prior_box():
     assert est.bounds == {0: (-1.0, 1.0), 1: (-1.0, 1.0)}
     s = est.posterior().sample(300, observed=x[0], random_state=0)  # no sbibm files needed
     assert (np.abs(s) <= 1).all()
+
+
+def test_report_appends_the_sequential_table_when_its_csv_exists(quick_csv, tmp_path):
+    from harness.report import write_report
+
+    seq = tmp_path / "sequential.csv"
+    seq.write_text(
+        "task,method,observation,c2st,train_s,simulations,rounds,acceptance,machine,timestamp\n"
+        "two_moons,tsnpe,1,0.51,10.0,10000,5,1;0.2,M,2026-01-01T00:00:00+00:00\n"
+        "two_moons,tsnpe,2,0.53,12.0,10000,5,1;0.3,M,2026-01-01T00:00:00+00:00\n")
+    text = write_report(quick_csv, tmp_path / "docs", sequential_csv=seq).read_text()
+    assert "## Simulations that keep arriving" in text
+    assert "| two_moons | tsnpe | 1,2 | 0.520 | 0.510, 0.530 | 22 |" in text
+    text = write_report(quick_csv, tmp_path / "docs2",
+                        sequential_csv=tmp_path / "none.csv").read_text()
+    assert "keep arriving" not in text

@@ -347,8 +347,27 @@ def _tables_by_budget(s) -> list[str]:
     return lines
 
 
-def write_report(csv_path=DEFAULT_OUT, docs=ROOT / "docs") -> Path:
-    """Write ``docs/benchmarks.md`` and its two plots from the harness CSV; return the path."""
+SEQUENTIAL_CSV = ROOT / "benchmarks" / "results" / "sequential.csv"
+
+
+def _sequential_section(path: Path) -> list[str]:
+    """``sequential.py``'s table (rounds, one round, TSNPE) when its CSV exists."""
+    if not Path(path).exists():
+        return []
+    from sequential import report
+
+    return ["## Simulations that keep arriving", "",
+            f"`python sequential.py --report` (from `benchmarks/`, {Path(path).name}): 10,000 "
+            "simulations in all per task and observation, C2ST against sbibm's reference "
+            "posteriors; the methods and the machines of each day are described in "
+            "[simulations that keep arriving](arriving.md#sequential-rounds-against-one-round-"
+            "and-tsnpe). train s sums the observations listed.", "", report(path), ""]
+
+
+def write_report(csv_path=DEFAULT_OUT, docs=ROOT / "docs",
+                 sequential_csv=SEQUENTIAL_CSV) -> Path:
+    """Write ``docs/benchmarks.md`` and its two plots from the harness CSV (and the sequential
+    benchmark's table from ``sequential_csv`` when it exists); return the path."""
     paths, docs = _paths(csv_path), Path(docs)
     docs.mkdir(parents=True, exist_ok=True)
     df = load(csv_path)
@@ -412,6 +431,7 @@ def write_report(csv_path=DEFAULT_OUT, docs=ROOT / "docs") -> Path:
         "",
         *verdicts(s, metric),
         "",
+        *_sequential_section(sequential_csv),
     ]
     md = docs / "benchmarks.md"
     md.write_text("\n".join(lines))
