@@ -369,7 +369,7 @@ class Conditional:
         x = m.sample(states, rows, n_samples, edges=self._edges, steps=steps,
                      solver=solver, generator=gen, guide=guide,
                      support=self._support(m.standardiser.mean, m.standardiser.scale))
-        out = to_numpy(x[..., self._returned])
+        out = self._clip(to_numpy(x[..., self._returned]))  # float32 rounding at the edges
         return out if batched else out[0]
 
     def _sample_iid(self, n_samples, observed, random_state, steps, solver, constraints,
@@ -386,7 +386,7 @@ class Conditional:
         zero = torch.zeros(m.n_columns, device=m.device)
         support = self._support(zero, torch.ones_like(zero))  # sample_iid gives data units
         x = draw(n_samples) if support is None else sample_satisfying(draw, support, n_samples)
-        return to_numpy(x[:, self._returned])
+        return self._clip(to_numpy(x[:, self._returned]))
 
     def _iid_inputs(self, observed, constraints, prior, iid_method
                     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -524,10 +524,11 @@ class Conditional:
         return ok
 
     def _clip(self, values: np.ndarray) -> np.ndarray:
-        """Latent ``values`` (data units) moved onto the bounds where they lie outside."""
+        """Latent ``values`` (data units) moved onto the bounds where they lie outside: the map
+        climb can leave them, and rejection in float32 standard units a rounding error beyond."""
         for j, c in enumerate(self.latent_columns):
             if c in self._bounds:
-                values[:, j] = np.clip(values[:, j], *self._bounds[c])
+                values[..., j] = np.clip(values[..., j], *self._bounds[c])
         return values
 
     # ------------------------------------------------------------------ mode
