@@ -58,9 +58,10 @@ def done() -> set[tuple[str, str, int]]:
 
 
 def skformer_rounds(task, k, bounded=False, **options):
-    from harness.methods import prior_bounds
     from skformer import SimformerEstimator
     from skformer.sequential import rounds
+
+    from harness.methods import prior_bounds
 
     t0 = time.perf_counter()
     est = SimformerEstimator(random_state=k, bounds=prior_bounds(task) if bounded else None)
@@ -95,13 +96,19 @@ def skformer_rounds_bounded(task, k):
     return skformer_rounds(task, k, bounded=True)
 
 
-def skformer_single_bounded(task, k):
-    """``skformer_single``'s model (the same cached fit) sampled with the prior's box as
-    bounds; its fit time is on ``skformer_single``'s row."""
+def _bounded(task, k, budget=BUDGET):
+    """The cached one-round model of ``budget`` simulations sampled with the prior's box as
+    bounds; its fit time stays on the plain method's row."""
     from harness.methods import prior_bounds
 
-    samples, _, n, rounds, acceptance = skformer_single(task, k, bounds=prior_bounds(task))
+    samples, _, n, rounds, acceptance = skformer_single(task, k, bounds=prior_bounds(task),
+                                                        budget=budget)
     return samples, 0.0, n, rounds, acceptance
+
+
+def skformer_single_bounded(task, k):
+    """``skformer_single``'s model (the same cached fit) sampled with the prior's box."""
+    return _bounded(task, k)
 
 
 def skformer_single_1e5(task, k):
@@ -111,11 +118,7 @@ def skformer_single_1e5(task, k):
 
 def skformer_single_1e5_bounded(task, k):
     """``skformer_single_1e5``'s model sampled with the prior's box as bounds."""
-    from harness.methods import prior_bounds
-
-    samples, _, n, rounds, acceptance = skformer_single(task, k, budget=10 * BUDGET,
-                                                        bounds=prior_bounds(task))
-    return samples, 0.0, n, rounds, acceptance
+    return _bounded(task, k, budget=10 * BUDGET)
 
 
 def skformer_single(task, k, cache={}, bounds=None, budget=BUDGET):  # noqa: B006 - one fit

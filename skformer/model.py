@@ -294,13 +294,12 @@ class SimformerModel(nn.Module):
         if region is None:
             x = self._sample_standardised(states, z, n, edges, steps, solver, generator)
         else:
-            x = sample_each_satisfying(
-                lambda groups, k: self._sample_standardised(
-                    states[torch.as_tensor(groups, device=z.device)],
-                    z[torch.as_tensor(groups, device=z.device)], k, edges, steps, solver,
-                    generator,
-                    guide).view(len(groups), k, -1),
-                region, n, z.shape[0]).flatten(0, 1)
+            def draw(groups, k):  # k samples for each observation listed in groups
+                i = torch.as_tensor(groups, device=z.device)
+                return self._sample_standardised(states[i], z[i], k, edges, steps, solver,
+                                                 generator, guide).view(len(i), k, -1)
+
+            x = sample_each_satisfying(draw, region, n, z.shape[0]).flatten(0, 1)
         return self.standardiser.inverse(x).view(z.shape[0], n, self.n_columns)
 
     def _sample_standardised(self, states, z, n, edges, steps, solver, gen,

@@ -31,7 +31,7 @@ import numpy as np
 from sklearn.base import clone
 
 from skformer._utils import seed_from, warn
-from skformer.simulation import _draw, prior_box, simulate_at
+from skformer.simulation import _draw, prior_bounds, simulate_at
 
 __all__ = ["Round", "RoundsResult", "rounds"]
 
@@ -441,11 +441,9 @@ def _prepare(est, n_theta: int, n_x: int, prior):
     if all(params.get(k) is None for k in ("variables", "posterior_latent",
                                              "posterior_observed")):
         est.set_params(variables=[n_theta, n_x])
-    box = prior_box(prior, n_theta) if params.get("bounds") is None else None
-    if box is not None:
-        est.set_params(bounds={j: (float(lo), float(hi))
-                               for j, (lo, hi) in enumerate(zip(*box, strict=True))
-                               if np.isfinite(lo) or np.isfinite(hi)})
+    bounds = prior_bounds(prior, n_theta) if params.get("bounds") is None else None
+    if bounds is not None:
+        est.set_params(bounds=bounds)
     return est
 
 

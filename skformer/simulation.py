@@ -226,6 +226,17 @@ def prior_box(prior, n_theta: int) -> tuple[np.ndarray, np.ndarray] | None:
     return low, high
 
 
+def prior_bounds(prior, n_theta: int) -> dict[int, tuple[float, float]] | None:
+    """:func:`prior_box` as ``SimformerEstimator(bounds=...)`` over the first ``n_theta``
+    columns (theta's, in ``[theta, x]`` rows), leaving out columns unbounded on both sides;
+    None when the prior states no box."""
+    box = prior_box(prior, n_theta)
+    if box is None:
+        return None
+    return {j: (float(lo), float(hi)) for j, (lo, hi) in enumerate(zip(*box, strict=True))
+            if np.isfinite(lo) or np.isfinite(hi)}
+
+
 def _takes_rng(simulator: Callable) -> bool:
     try:
         return "rng" in inspect.signature(simulator).parameters

@@ -108,12 +108,10 @@ def prior_bounds(task: Task) -> dict | None:
     """The task prior's support box as ``SimformerEstimator(bounds=...)`` over the theta
     columns (None when the prior states none), so that skformer's posteriors stay inside the
     prior's support as sbi's do."""
-    from skformer.simulation import prior_box
+    from skformer.simulation import prior_bounds as bounds_of
 
     n_theta = task.sample_prior(1, np.random.default_rng(0)).shape[1]
-    box = prior_box(task.prior_torch(), n_theta)
-    return None if box is None else {j: (float(lo), float(hi))
-                                     for j, (lo, hi) in enumerate(zip(*box, strict=True))}
+    return bounds_of(task.prior_torch(), n_theta)
 
 
 def fit_skformer(task: Task, theta, x, seed: int, variables: str = "task",
