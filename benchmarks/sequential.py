@@ -16,11 +16,20 @@ samples), 10,000 simulations in all:
   methods pass the prior as a callable, which states no support;
 - ``skformer_single_1e5`` and ``skformer_single_1e5_bounded``: one fit on 100,000 prior
   simulations (ten times the budget: the issue's bar for two_moons), plain and bounded;
+- ``skformer_single_bounded_steps50`` and ``skformer_single_1e5_bounded_steps50``: those
+  models sampled with 50 solver steps instead of the default 20;
+- ``skformer_rounds_bounded_e800`` and ``skformer_single_e800_bounded``: the bounded rounds
+  and one bounded round with the estimator's ``max_epochs=800`` instead of 400 (early
+  stopping still ends a fit whose validation loss stops improving), since sbi's NPE trains
+  until its validation loss stops improving while skformer's default stops at 400 epochs;
+  ``skformer_rounds_bounded_e800_steps50`` samples the rounds' kept models with 50 steps;
 - ``tsnpe``: sbi's truncated sequential NPE (NSF, ``RestrictedPrior`` with
   ``get_density_thresholder(quantile=1e-4)``, sbi's tutorial recipe), 5 rounds of 2,000.
 
 Every row is appended to ``results/sequential.csv`` as it finishes; a run cut off resumes where
-it stopped. Tasks run side by side, one process and one thread each.
+it stopped. The model each method returns is kept in ``results/cache`` (one file per task,
+method and observation for the rounds), so that it can be sampled again. Tasks run side by
+side, one process and one thread each.
 
     cd benchmarks
     python sequential.py --observations 1          # screening: two_moons and slcp, obs 1
@@ -49,7 +58,9 @@ COLUMNS = ["task", "method", "observation", "c2st", "train_s", "simulations", "r
            "acceptance", "machine", "timestamp"]
 METHODS = ("skformer_rounds", "skformer_rounds_never", "skformer_rounds_lr_fifth",
            "skformer_single", "skformer_rounds_bounded", "skformer_single_bounded",
-           "skformer_single_1e5", "skformer_single_1e5_bounded", "tsnpe")
+           "skformer_single_1e5", "skformer_single_1e5_bounded", "skformer_rounds_bounded_e800",
+           "skformer_single_e800_bounded", "skformer_single_bounded_steps50",
+           "skformer_rounds_bounded_e800_steps50", "skformer_single_1e5_bounded_steps50", "tsnpe")
 BUDGET, ROUNDS, SAMPLES = 10_000, 5, 10_000
 
 
@@ -57,19 +68,24 @@ def done() -> set[tuple[str, str, int]]:
     return {(r["task"], r["method"], int(r["observation"])) for r in read_rows(OUT)}
 
 
-def skformer_rounds(task, k, bounded=False, **options):
+def skformer_rounds(task, k, bounded=False, method="skformer_rounds", estimator=None,
+                    **options):
+    import skformer
     from skformer import SimformerEstimator
     from skformer.sequential import rounds
 
     from harness.methods import prior_bounds
 
     t0 = time.perf_counter()
-    est = SimformerEstimator(random_state=k, bounds=prior_bounds(task) if bounded else None)
+    est = SimformerEstimator(random_state=k, bounds=prior_bounds(task) if bounded else None,
+                             **(estimator or {}))
     result = rounds(est, task.simulator, task.sample_prior,
                     task.observation(k), n_rounds=ROUNDS,
                     simulations_per_round=BUDGET // ROUNDS, random_state=k, verbose=0,
                     **options)
     seconds = time.perf_counter() - t0
+    CACHE.mkdir(parents=True, exist_ok=True)  # kept, so the model can be sampled again
+    skformer.save(result.estimator, CACHE / f"sequential_{method}_{task.name}_{k}.skf")
     samples = result.posterior().sample(SAMPLES, observed=task.observation(k), random_state=k)
     acceptance = ";".join(f"{r.acceptance:.3g}" for r in result.history)
     print(f"{task.name} obs {k} {options}: per round (fresh, epochs, fit s, validation loss) "
@@ -80,35 +96,61 @@ def skformer_rounds(task, k, bounded=False, **options):
 
 def skformer_rounds_never(task, k):
     """The rounds with every fit after round 0 warm-started (no fresh last fit)."""
-    return skformer_rounds(task, k, refit="never")
+    return skformer_rounds(task, k, refit="never", method="skformer_rounds_never")
 
 
 def skformer_rounds_lr_fifth(task, k):
     """The rounds warm-started throughout at a fifth of the estimator's learning rate."""
     from skformer import SimformerEstimator
 
-    return skformer_rounds(task, k, refit="never", warm_params={
+    return skformer_rounds(task, k, refit="never", method="skformer_rounds_lr_fifth", warm_params={
         "learning_rate": SimformerEstimator().learning_rate / 5})
 
 
 def skformer_rounds_bounded(task, k):
     """The rounds at their defaults with the prior's box as the estimator's bounds."""
-    return skformer_rounds(task, k, bounded=True)
+    return skformer_rounds(task, k, bounded=True, method="skformer_rounds_bounded")
 
 
-def _bounded(task, k, budget=BUDGET):
+def skformer_rounds_bounded_e800(task, k):
+    """``skformer_rounds_bounded`` with the estimator's ``max_epochs=800`` (round 0's and the
+    last round's fresh fits may train twice as long; early stopping still ends them)."""
+    return skformer_rounds(task, k, bounded=True, method="skformer_rounds_bounded_e800",
+                           estimator={"max_epochs": 800})
+
+
+def skformer_rounds_bounded_e800_steps50(task, k):
+    """``skformer_rounds_bounded_e800``'s model (kept in the cache by that method's run)
+    sampled with 50 solver steps instead of 20; its time is on that method's row."""
+    import skformer
+
+    path = CACHE / f"sequential_skformer_rounds_bounded_e800_{task.name}_{k}.skf"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run skformer_rounds_bounded_e800 for "
+                                f"observation {k} first.")
+    est = skformer.load(path).set_params(sampling_steps=50)
+    samples = est.posterior().sample(SAMPLES, observed=task.observation(k), random_state=k)
+    return samples, 0.0, BUDGET, ROUNDS, ""
+
+
+def _bounded(task, k, budget=BUDGET, sampling_steps=20):
     """The cached one-round model of ``budget`` simulations sampled with the prior's box as
     bounds; its fit time stays on the plain method's row."""
     from harness.methods import prior_bounds
 
-    samples, _, n, rounds, acceptance = skformer_single(task, k, bounds=prior_bounds(task),
-                                                        budget=budget)
+    samples, _, n, rounds, acceptance = skformer_single(
+        task, k, bounds=prior_bounds(task), budget=budget, sampling_steps=sampling_steps)
     return samples, 0.0, n, rounds, acceptance
 
 
 def skformer_single_bounded(task, k):
     """``skformer_single``'s model (the same cached fit) sampled with the prior's box."""
     return _bounded(task, k)
+
+
+def skformer_single_bounded_steps50(task, k):
+    """``skformer_single_bounded``'s model sampled with 50 solver steps instead of 20."""
+    return _bounded(task, k, sampling_steps=50)
 
 
 def skformer_single_1e5(task, k):
@@ -121,24 +163,40 @@ def skformer_single_1e5_bounded(task, k):
     return _bounded(task, k, budget=10 * BUDGET)
 
 
-def skformer_single(task, k, cache={}, bounds=None, budget=BUDGET):  # noqa: B006 - one fit
+def skformer_single_1e5_bounded_steps50(task, k):
+    """``skformer_single_1e5_bounded`` with 50 solver steps instead of 20."""
+    return _bounded(task, k, budget=10 * BUDGET, sampling_steps=50)
+
+
+def skformer_single_e800_bounded(task, k):
+    """One fit on 10,000 prior simulations with ``max_epochs=800``, sampled with the prior's
+    box as bounds (the estimator of ``skformer_rounds_bounded_e800``); time on observation 1."""
+    from harness.methods import prior_bounds
+
+    return skformer_single(task, k, bounds=prior_bounds(task), max_epochs=800)
+
+
+def skformer_single(task, k, cache={}, bounds=None, budget=BUDGET,  # noqa: B006 - one fit
+                    max_epochs=None, sampling_steps=20):
     import skformer
 
     from harness.methods import fit_skformer
 
     seconds = 0.0
-    name = f"sequential_single_{task.name}" + ("" if budget == BUDGET else f"_{budget}")
+    name = (f"sequential_single_{task.name}" + ("" if budget == BUDGET else f"_{budget}")
+            + ("" if max_epochs is None else f"_e{max_epochs}"))
     if name not in cache:
         path = CACHE / f"{name}.skf"
         if path.exists():
             cache[name] = skformer.load(path)
         else:
             theta, x = task.simulate(budget, 0)
-            est, seconds = fit_skformer(task, theta, x, seed=0)
+            est, seconds = fit_skformer(task, theta, x, seed=0, **(
+                {} if max_epochs is None else {"max_epochs": max_epochs}))
             CACHE.mkdir(parents=True, exist_ok=True)
             skformer.save(est, path)
             cache[name] = est
-    est = cache[name].set_params(bounds=bounds)
+    est = cache[name].set_params(bounds=bounds, sampling_steps=sampling_steps)
     samples = est.posterior().sample(SAMPLES, observed=task.observation(k), random_state=k)
     return samples, seconds, budget, 1, "1"
 
