@@ -64,6 +64,11 @@ METHODS = ("skformer_rounds", "skformer_rounds_never", "skformer_rounds_lr_fifth
 BUDGET, ROUNDS, SAMPLES = 10_000, 5, 10_000
 
 
+def _kept_rounds(method: str, task_name: str, k: int) -> Path:
+    """Where ``skformer_rounds`` keeps the model that ``method`` returned."""
+    return CACHE / f"sequential_{method}_{task_name}_{k}.skf"
+
+
 def done() -> set[tuple[str, str, int]]:
     return {(r["task"], r["method"], int(r["observation"])) for r in read_rows(OUT)}
 
@@ -85,7 +90,7 @@ def skformer_rounds(task, k, bounded=False, method="skformer_rounds", estimator=
                     **options)
     seconds = time.perf_counter() - t0
     CACHE.mkdir(parents=True, exist_ok=True)  # kept, so the model can be sampled again
-    skformer.save(result.estimator, CACHE / f"sequential_{method}_{task.name}_{k}.skf")
+    skformer.save(result.estimator, _kept_rounds(method, task.name, k))
     samples = result.posterior().sample(SAMPLES, observed=task.observation(k), random_state=k)
     acceptance = ";".join(f"{r.acceptance:.3g}" for r in result.history)
     print(f"{task.name} obs {k} {options}: per round (fresh, epochs, fit s, validation loss) "
@@ -124,7 +129,7 @@ def skformer_rounds_bounded_e800_steps50(task, k):
     sampled with 50 solver steps instead of 20; its time is on that method's row."""
     import skformer
 
-    path = CACHE / f"sequential_skformer_rounds_bounded_e800_{task.name}_{k}.skf"
+    path = _kept_rounds("skformer_rounds_bounded_e800", task.name, k)
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: run skformer_rounds_bounded_e800 for "
                                 f"observation {k} first.")
@@ -133,7 +138,7 @@ def skformer_rounds_bounded_e800_steps50(task, k):
     return samples, 0.0, BUDGET, ROUNDS, ""
 
 
-def _bounded(task, k, budget=BUDGET, sampling_steps=20):
+def _bounded(task, k, budget=BUDGET, sampling_steps=None):
     """The cached one-round model of ``budget`` simulations sampled with the prior's box as
     bounds; its fit time stays on the plain method's row."""
     from harness.methods import prior_bounds
@@ -177,8 +182,11 @@ def skformer_single_e800_bounded(task, k):
 
 
 def skformer_single(task, k, cache={}, bounds=None, budget=BUDGET,  # noqa: B006 - one fit
-                    max_epochs=None, sampling_steps=20):
+                    max_epochs=None, sampling_steps=None):
+    """One fit of ``budget`` prior simulations (kept in the cache), sampled with ``bounds`` and
+    ``sampling_steps`` (None: the estimator's default)."""
     import skformer
+    from skformer import SimformerEstimator
 
     from harness.methods import fit_skformer
 
@@ -196,7 +204,8 @@ def skformer_single(task, k, cache={}, bounds=None, budget=BUDGET,  # noqa: B006
             CACHE.mkdir(parents=True, exist_ok=True)
             skformer.save(est, path)
             cache[name] = est
-    est = cache[name].set_params(bounds=bounds, sampling_steps=sampling_steps)
+    est = cache[name].set_params(
+        bounds=bounds, sampling_steps=sampling_steps or SimformerEstimator().sampling_steps)
     samples = est.posterior().sample(SAMPLES, observed=task.observation(k), random_state=k)
     return samples, seconds, budget, 1, "1"
 
