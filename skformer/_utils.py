@@ -30,6 +30,7 @@ import torch
 
 __all__ = [
     "DTYPE",
+    "MAX_STANDARD_UNITS",
     "resolve_device",
     "warn",
     "seed_from",
@@ -42,6 +43,13 @@ __all__ = [
 
 DTYPE = torch.float32
 """The dtype of the network and of everything it sees."""
+
+MAX_STANDARD_UNITS = 1e12
+"""Largest magnitude, in standard units, of an input the network is given (observed values,
+latent values of a density, positions). Its layer norms square their inputs in float32, so
+values beyond about 1e18 come out as NaN: inputs beyond this limit are refused instead (a
+million times below, for the weights and sums in between; 1e12 standard deviations from the
+training data is no answer anyway)."""
 
 
 _HERE = os.path.dirname(os.path.abspath(__file__))

@@ -11,7 +11,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from skformer._utils import as_float_tensor, make_generator, seed_from, to_numpy
+from skformer._utils import (
+    MAX_STANDARD_UNITS,
+    as_float_tensor,
+    make_generator,
+    seed_from,
+    to_numpy,
+)
 from skformer.dynamics.solvers import ODE_SOLVERS, SOLVERS, network_calls
 from skformer.guidance import parse_constraints, sample_satisfying
 from skformer.model import SimformerModel
@@ -223,14 +229,17 @@ class Conditional:
                 )
 
     def _check_range(self, values: torch.Tensor, columns: np.ndarray, what: str) -> None:
-        """Refuse values so far from the training data that standard units overflow float32."""
+        """Refuse values so far from the training data that the network's float32 arithmetic
+        cannot take them (:data:`~skformer._utils.MAX_STANDARD_UNITS`)."""
         m = self._model
-        z = m.standardiser(values, torch.as_tensor(columns, device=m.device))
-        if not torch.isfinite(z).all():
+        z = m.standardiser(values.double(), torch.as_tensor(columns, device=m.device))
+        far = ~(z.abs() <= MAX_STANDARD_UNITS)
+        if bool(far.any()):
+            column = self._model.layout.column_names[int(columns[int(far.nonzero()[0, -1])])]
             raise ValueError(
-                f"{what} holds values so far outside the training data (more than 3e38 of its "
-                "standard deviations) that they cannot be represented in the network's float32 "
-                "units."
+                f"{what} holds values so far outside the training data (e.g. in column "
+                f"{column!r}: more than {MAX_STANDARD_UNITS:g} of its standard deviations from "
+                "its mean) that the network's float32 arithmetic cannot take them."
             )
 
     def _values(self, values, n_obs: int) -> torch.Tensor:

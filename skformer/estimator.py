@@ -31,7 +31,7 @@ from skformer.dynamics.solvers import SOLVERS
 from skformer.graph import DAG
 from skformer.layout import Layout
 from skformer.masks import CONDITION_MASK_NAMES, TrainingMasks
-from skformer.model import SimformerModel, Standardiser
+from skformer.model import MAX_ARCHITECTURE, SimformerModel, Standardiser
 from skformer.network import MaskedTransformer
 from skformer.positions import PositionTable, parse_positions
 from skformer.training import PartialTrainer, TrainConfig, TrainResult, train
@@ -67,8 +67,11 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         ``{"ema_decay": 0.999}``; unknown names raise a ValueError in ``fit``.
     variables : list of int, list of lists of int, dict or None, default=None
         How 2-D columns group into variables, the units that masks address: sizes of consecutive
-        groups (``[3, 3]``), lists of column indexes, or ``{name: columns}``. None: one variable
-        per column. 3-D input ``(n, n_variables, n_features)`` defines the groups by its shape.
+        groups (``[3, 3]``), lists of column indexes, or a dict naming them: ``{name: size}``
+        (``{"theta": 2, "x": 20}``: consecutive groups in the dict's order, as the list of
+        sizes) or ``{name: columns}`` (lists of column indexes or DataFrame column names; a
+        single column as a one-element list). None: one variable per column. 3-D input
+        ``(n, n_variables, n_features)`` defines the groups by its shape.
     condition_masks : str, callable, array-like or set, default="structured"
         Training-time condition masks (True = observed): "structured" (the paper's mixture of
         joint, posterior, likelihood and random masks; without a declared posterior split, a
@@ -247,9 +250,10 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         "bounds": [None, dict],
         "tokens": [StrOptions({"column", "variable"}),
                    Interval(Integral, 1, None, closed="left")],
-        "d_model": [Interval(Integral, 1, None, closed="left")],
-        "n_layers": [Interval(Integral, 1, None, closed="left")],
-        "n_heads": [Interval(Integral, 1, None, closed="left")],
+        # the loaders' limits (MAX_ARCHITECTURE): whatever fit accepts, load restores
+        "d_model": [Interval(Integral, 1, MAX_ARCHITECTURE["d_model"], closed="both")],
+        "n_layers": [Interval(Integral, 1, MAX_ARCHITECTURE["n_layers"], closed="both")],
+        "n_heads": [Interval(Integral, 1, MAX_ARCHITECTURE["n_heads"], closed="both")],
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "learning_rate": [Interval(Real, 0, None, closed="neither")],
@@ -407,21 +411,33 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         labels = None if names is None else [str(n) for n in names]
         spec = self.variables
         if isinstance(spec, dict):
-            lookup = {str(n): i for i, n in enumerate(names)} if names is not None else {}
-
-            def col(c):
-                if isinstance(c, str):
-                    if c not in lookup:
-                        raise ValueError(f"variables names column {c!r}, which X does not have.")
-                    return lookup[c]
-                return int(c)
-
-            groups = [[col(c) for c in np.atleast_1d(cols)] for cols in spec.values()]
-            return Layout.from_spec(n_columns, groups, names=list(spec.keys()),
-                                    column_labels=labels)
+            return Layout.from_spec(n_columns, _dict_groups(spec, n_columns, names),
+                                    names=list(spec.keys()), column_labels=labels)
         if spec is None and names is not None:
             return Layout.from_spec(n_columns, None, names=list(names), column_labels=labels)
         return Layout.from_spec(n_columns, spec, column_labels=labels)
+
+    def _check_layout(self, layout: Layout) -> tuple[list[int], list[int]] | None:
+        """The checks of the parameters that need the layout, made before any work: by
+        ``fit``, ``partial_fit``, every loader (so that what fit accepts, load restores, and
+        what load refuses, fit refused first) and ``sequential.rounds`` before it simulates.
+        Returns the training split (:meth:`_training_split`)."""
+        split = self._training_split(layout)
+        resolve_bounds(self.bounds, layout)  # a wrong key fails here, not at the first sample
+        TrainingMasks(self.condition_masks, self.edge_masks, layout, split, 0, "cpu")
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})."
+            )
+        return split
+
+    def _check_before_fit(self, n_columns: int) -> None:
+        """Every check ``fit`` makes of the parameters for data of ``n_columns`` columns, with
+        no data and no work: for callers that must fail before they spend simulations
+        (``sequential.rounds``)."""
+        self._validate_params()
+        self._check_layout(self._make_layout(n_columns))
+        self._train_config(batch_size=1)  # training_options
 
     def _training_split(self, layout: Layout) -> tuple[list[int], list[int]] | None:
         """Latent / observed variables the training masks favour, or None to serve every
@@ -549,14 +565,13 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
             raise ValueError(
                 f"X needs at least 2 samples (rows) to fit; got {X.shape[0]} sample."
             )
-        split = self._training_split(layout)
-        resolve_bounds(self.bounds, layout)  # a wrong key fails here, not at the first sample
+        split = self._check_layout(layout)
         device = distributed.local_device(resolve_device(self.device))
         group = distributed.current(device)
         seeds = fit_seeds(self.random_state, len(self.loss_curve_) if warm else 0)
         model = self._build_model(X, layout, seeds, table)  # the same weights on every rank
         if warm:
-            model = self._continued(model)
+            model = self._continued(model, table)
         if group is not None:  # each rank draws its own masks, noise and order
             seeds = seeds.for_rank(group)
         masks = TrainingMasks(self.condition_masks, self.edge_masks, layout, split, seeds.masks,
@@ -588,18 +603,23 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
             self._warn_about(result, has_validation=x_val is not None)
         return result
 
-    def _continued(self, fresh: SimformerModel) -> SimformerModel:
+    def _continued(self, fresh: SimformerModel, table: PositionTable | None) -> SimformerModel:
         """A trainable copy of the fitted model, to continue training (warm start,
-        partial_fit); ValueError if the parameters now describe another model (``fresh``)."""
+        partial_fit); ValueError if the parameters now describe another model (``fresh``).
+        The positions of the new rows (``table``) widen the range the model was trained on;
+        their units stay the first fit's."""
         self._check_unchanged(fresh)
         model = copy.deepcopy(self.model_)
         model.network.requires_grad_(True)
+        if table is not None:
+            model.positions.widen(table)
         return model
 
     def _check_unchanged(self, fresh: SimformerModel) -> None:
         old, new = self.model_.describe(), fresh.describe()
         for d in (old, new):  # which variables carry positions, not whether rows shared them
-            d["positions"] = {k: v for k, v in d.get("positions", {}).items() if k != "shared"}
+            d["positions"] = {k: v for k, v in d.get("positions", {}).items()
+                              if k not in ("shared", "seen")}
         changed = [part for part in ("layout", "dynamics", "network", "positions")
                    if old[part] != new[part]]
         if changed:
@@ -691,8 +711,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         device = distributed.local_device(resolve_device(self.device))
         if distributed.current(device) is not None:
             raise ValueError("partial_fit does not train data-parallel under torchrun; use fit.")
-        split = self._training_split(layout)
-        resolve_bounds(self.bounds, layout)  # a wrong key fails here, not at the first sample
+        split = self._check_layout(layout)
         trainer = self.__dict__.get("_partial")
         if trainer is None:
             seeds = fit_seeds(self.random_state, 0 if first else len(self.loss_curve_))
@@ -702,7 +721,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
                 self.loss_curve_, self.validation_scores_, self.n_iter_ = [], [], 0
                 self.n_training_rows_, self.converged_ = 0, False
             else:
-                model = self._continued(model)
+                model = self._continued(model, table)
             model = model.to(device)
             config = self._train_config(model)
             model.marginal_fraction = config.marginal_fraction
@@ -713,8 +732,12 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
             self.model_ = model.requires_grad_(False).eval()
         else:  # the parameters must still describe the model
             self._check_unchanged(self._build_model(X, layout, fit_seeds(0), table))
+            if self.batch_size != "auto":  # "auto" stays what the first chunk resolved
+                self.batch_size_ = int(self.batch_size)
             trainer.reconfigure(self._train_config(self.model_))
         model = copy.deepcopy(self.model_)
+        if table is not None and not first:
+            model.positions.widen(table)
         model.marginal_fraction = trainer.config.marginal_fraction
         self._note_missing(model, X, keep=not first)
         p = None if P is None else model.positions.columns(
@@ -780,10 +803,6 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         the CPU; the caller moves it). With ``positions``, the columns of each variable with
         positions share one identity and one standardisation."""
         self.token_columns_ = self._token_columns(layout)
-        if self.d_model % self.n_heads:
-            raise ValueError(
-                f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})."
-            )
         options = {"sde": self.sde} if self.method == "score" else {}
         dynamics = make_dynamics(self.method, {**options, **(self.dynamics_options or {})})
         groups = self.token_columns_
@@ -831,10 +850,13 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
             return min(4096 if device.type == "cuda" else 512, max(32, n_train // 16))
         return int(self.batch_size)
 
-    def _train_config(self, model: SimformerModel | None = None) -> TrainConfig:
+    def _train_config(self, model: SimformerModel | None = None,
+                      batch_size: int | None = None) -> TrainConfig:
+        """The loop's settings from the parameters and ``training_options`` (checked), with
+        ``batch_size_`` unless ``batch_size`` is given."""
         from_parameters = dict(
             max_epochs=self.max_epochs,
-            batch_size=self.batch_size_,
+            batch_size=self.batch_size_ if batch_size is None else batch_size,
             learning_rate=self.learning_rate,
             marginal_fraction=float(self.marginal_fraction),
             early_stopping=self.early_stopping,
@@ -923,12 +945,17 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
             raise ValueError(f"the model was fitted with positions of {table.dim} coordinates; "
                              f"got {dim}.")
         for v, p in given.items():
+            if v in table.variables:
+                table.check_representable(v, p, model.layout.names[v])
             if v in table.variables and table.outside(v, p):
                 r = table.variables.index(v)
+                low, high = (a[r].tolist() for a in table.seen_range())
                 warn(f"positions of {model.layout.names[v]!r} lie outside the training range "
-                     f"[{table.low[r].tolist()}, {table.high[r].tolist()}]: the model "
+                     f"[{low}, {high}]: the model "
                      "extrapolates there.", UserWarning)
-        return model.at(given)
+        view = model.at(given)
+        view.check_attention()  # before a conditional asks for gigabytes
+        return view
 
     def condition(self, condition_mask, edge_mask=None, positions=None) -> Conditional:
         """The conditional distribution for one condition mask (True = observed).
@@ -1195,6 +1222,8 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         elif tensors:
             raise ValueError("the description holds weights but no model.")
         vars(est).update(fitted)
+        if validate and "model" in description:
+            _check_layout_agrees(est)
         return est
 
     def __getstate__(self) -> dict[str, Any]:
@@ -1207,6 +1236,58 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         restored = type(self)._from_description(state["description"], state["tensors"],
                                                 validate=False)
         self.__dict__.update(restored.__dict__)
+
+
+def _check_layout_agrees(est: SimformerEstimator) -> None:
+    """A loaded estimator's parameters lay out the columns as its model does, and pass fit's
+    own checks against that layout (bounds, posterior split, training masks)."""
+    layout = est.model_.layout
+    try:
+        stated = est._make_layout(layout.n_columns)
+    except ValueError as err:
+        raise ValueError(f"the parameters do not lay out the model's {layout.n_columns} "
+                         f"columns: {err}") from err
+    if stated.groups != layout.groups or stated.names != layout.names:
+        said = dict(zip(stated.names, stated.groups, strict=True))
+        model = dict(zip(layout.names, layout.groups, strict=True))
+        raise ValueError(f"the parameters lay out the columns as variables {said} but the "
+                         f"model has {model}.")
+    est._check_layout(layout)
+
+
+def _dict_groups(spec: dict, n_columns: int, names) -> list | list[list[int]]:
+    """``variables`` as ``{name: size}`` -> sizes; as ``{name: columns}`` -> column indexes
+    (DataFrame column names looked up in ``names``).
+
+    Files and code from before sizes were read this way gave a single column as a bare index
+    (``{"a": 0, "b": 1}``); such a dict (distinct indexes 0..n-1, one column each) can never be
+    valid sizes (it holds a 0), so it still reads as indexes."""
+    values = list(spec.values())
+
+    def bare(v) -> bool:
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+    if values and all(bare(v) for v in values):
+        ints = [int(v) for v in values]
+        if sorted(ints) == list(range(n_columns)):
+            return [[c] for c in ints]
+        return ints
+    if any(bare(v) for v in values):
+        raise ValueError(
+            f"variables mixes sizes and lists of columns: {spec!r}. Give every variable its size "
+            "({'theta': 2, 'x': 20}) or every variable its columns as a list "
+            "({'theta': [0, 1], 'x': [2, 3]})."
+        )
+    lookup = {str(n): i for i, n in enumerate(names)} if names is not None else {}
+
+    def col(c):
+        if isinstance(c, str):
+            if c not in lookup:
+                raise ValueError(f"variables names column {c!r}, which X does not have.")
+            return lookup[c]
+        return int(c)
+
+    return [[col(c) for c in np.atleast_1d(cols)] for cols in values]
 
 
 def _kept_weights(result: TrainResult) -> str:

@@ -158,7 +158,9 @@ def sample_each_satisfying(draw: Callable[[np.ndarray, int], torch.Tensor],
     (len(groups), k, columns), and only groups still short of ``n`` are drawn again.
 
     Each round draws enough for the lowest acceptance rate seen so far among the groups drawn
-    (20 % spare, at most 20 n). Returns shape (n_groups, n, columns).
+    (20 % spare, at most 20 n). Returns shape (n_groups, n, columns). Raises a ValueError as
+    soon as a group has accepted nothing after 20 n draws (the region holds next to no mass:
+    more rounds would only spend time), or is short after ``max_rounds``.
     """
     kept: list[list[torch.Tensor]] = [[] for _ in range(n_groups)]
     have = np.zeros(n_groups, dtype=np.int64)
@@ -176,6 +178,13 @@ def sample_each_satisfying(draw: Callable[[np.ndarray, int], torch.Tensor],
             kept[g].append(x[j][ok[j]])
             have[g] += int(ok[j].sum())
             drawn[g] += want
+        empty = np.flatnonzero((have == 0) & (drawn >= 20 * n))
+        if empty.size:
+            raise ValueError(
+                f"none of {int(drawn[empty[0]])} samples satisfied the constraints or bounds: "
+                "the region holds no mass of this conditional that sampling can find"
+                + ("." if n_groups == 1 else f" (observation {int(empty[0])}).")
+                + " Check the bounds or constraints against the training data's range.")
     if (have < n).any():
         worst = int(have.min())
         raise ValueError(

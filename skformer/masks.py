@@ -27,6 +27,7 @@ receives those condition masks as a numpy bool array and returns (n, V, V) or (V
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import numpy as np
@@ -117,8 +118,18 @@ def _from_user_callable(fn, layout: Layout, rng: np.random.Generator,
     return sample
 
 
+def _generator(seed: int, device, kept: list | None) -> torch.Generator:
+    """A seeded torch generator, also appended to ``kept`` (so that its owner can save and
+    restore the stream)."""
+    gen = make_generator(seed, device)
+    if kept is not None:
+        kept.append(gen)
+    return gen
+
+
 def condition_sampler(spec, layout: Layout, split: tuple[list[int], list[int]] | None,
-                      seed: int, device: torch.device | str = "cpu") -> ConditionSampler:
+                      seed: int, device: torch.device | str = "cpu",
+                      generators: list | None = None) -> ConditionSampler:
     """The training-time condition-mask sampler for the ``condition_masks`` parameter.
 
     ``split`` is the (latent, observed) variables of the posterior, or None when none is
@@ -127,11 +138,12 @@ def condition_sampler(spec, layout: Layout, split: tuple[list[int], list[int]] |
     ``spec`` is a name from :data:`CONDITION_MASK_NAMES`, a callable ``(rng, n)`` returning
     bool masks of shape (n, n_variables), a collection of masks (one drawn per row), or one
     mask. Fixed masks are validated here, once: each needs at least one latent entry. The
-    sampler draws from its own generator, seeded with ``seed``, on ``device``.
+    sampler draws from its own generator, seeded with ``seed``, on ``device``, which is
+    appended to ``generators`` when given.
     """
     V = layout.n_variables
     if isinstance(spec, str):
-        gen = make_generator(seed, device)
+        gen = _generator(seed, device, generators)
         if spec == "bernoulli":
             return _bernoulli(0.5, V, gen)
         if spec == "uniform":
@@ -143,7 +155,10 @@ def condition_sampler(spec, layout: Layout, split: tuple[list[int], list[int]] |
             f"masks or one mask; got the string {spec!r}."
         )
     if callable(spec):
-        return _from_user_callable(spec, layout, np.random.default_rng(seed), device)
+        rng = np.random.default_rng(seed)
+        if generators is not None:
+            generators.append(rng)
+        return _from_user_callable(spec, layout, rng, device)
     stack = _stack_masks(spec, "condition_masks")
     if stack.ndim == 1:
         stack = stack[None]
@@ -155,11 +170,12 @@ def condition_sampler(spec, layout: Layout, split: tuple[list[int], list[int]] |
     for m in stack:
         layout.condition_columns(m)  # validates length, values, something latent
     # kept at the level given (variables or columns): Layout.expand_condition expands both
-    return _from_stack(torch.as_tensor(stack, device=device), make_generator(seed, device))
+    return _from_stack(torch.as_tensor(stack, device=device),
+                       _generator(seed, device, generators))
 
 
-def edge_sampler(spec, layout: Layout, seed: int,
-                 device: torch.device | str = "cpu") -> EdgeSampler | None:
+def edge_sampler(spec, layout: Layout, seed: int, device: torch.device | str = "cpu",
+                 generators: list | None = None) -> EdgeSampler | None:
     """The training-time edge-mask sampler for the ``edge_masks`` parameter.
 
     Returns None for full attention, else a callable of the condition masks as drawn, giving
@@ -201,7 +217,7 @@ def edge_sampler(spec, layout: Layout, seed: int,
     cols = torch.as_tensor(np.stack([layout.edge_columns(m) for m in stack]), device=device)
     if cols.shape[0] == 1:
         return lambda cond: cols.expand(cond.shape[0], -1, -1)
-    pick = _from_stack(cols, make_generator(seed, device))
+    pick = _from_stack(cols, _generator(seed, device, generators))
     return lambda cond: pick(cond.shape[0])
 
 
@@ -241,9 +257,23 @@ class TrainingMasks:
                  device: torch.device | str):
         seeds = np.random.SeedSequence(seed).generate_state(2, dtype=np.uint64) >> 1
         self.layout = layout
+        self._generators: list = []
         self._condition = condition_sampler(condition_masks, layout, split, int(seeds[0]),
-                                            device)
-        self._edges = edge_sampler(edge_masks, layout, int(seeds[1]), device)
+                                            device, self._generators)
+        self._edges = edge_sampler(edge_masks, layout, int(seeds[1]), device, self._generators)
+
+    def get_state(self) -> list:
+        """The state of every random stream the masks draw from (see :meth:`set_state`)."""
+        return [g.get_state() if isinstance(g, torch.Generator) else
+                copy.deepcopy(g.bit_generator.state) for g in self._generators]
+
+    def set_state(self, state: list) -> None:
+        """Put the random streams back where :meth:`get_state` found them."""
+        for g, st in zip(self._generators, state, strict=True):
+            if isinstance(g, torch.Generator):
+                g.set_state(st)
+            else:
+                g.bit_generator.state = st
 
     def __call__(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         drawn = self._condition(n)

@@ -27,10 +27,16 @@ from skformer.layout import Layout
 from skformer.network import LATENT, MISSING, OBSERVED, MaskedTransformer
 from skformer.positions import PositionedNetwork, PositionTable
 
-__all__ = ["Standardiser", "SimformerModel", "MAX_ARCHITECTURE"]
+__all__ = ["Standardiser", "SimformerModel", "MAX_ARCHITECTURE", "MAX_ATTENTION_BYTES"]
 
 MAX_ARCHITECTURE = {"d_model": 16_384, "n_layers": 1_024, "n_heads": 1_024}
 """Largest network a description may ask for (checked before anything is allocated)."""
+
+MAX_ATTENTION_BYTES = 2 * 2**30
+"""Most memory the attention of one network call may take (its scores and their softmax, per
+layer; every layer's for a log density's backward pass): sampling and scoring cut their rows
+into calls that fit, and a conditional with so many tokens that one row does not fit is
+refused (:meth:`SimformerModel.check_attention`)."""
 
 CPU_CHUNK_ROWS = 512
 """Most rows per network call on a CPU when sampling and scoring (see
@@ -215,13 +221,44 @@ class SimformerModel(nn.Module):
         view.missing_seen = self.missing_seen[src] | positional
         return view.to(device).requires_grad_(False).eval()
 
+    def _net_size(self, name: str) -> int:
+        """The network's ``n_heads`` or ``n_layers`` (1 for a network that states none)."""
+        return int(getattr(getattr(self.network, "network", self.network), name, 1))
+
+    def _attention_row_bytes(self) -> int:
+        """Bytes of one row's attention in one layer: scores and softmax, float32."""
+        T = getattr(self.network, "n_token_slots", self.n_columns)
+        return 2 * 4 * self._net_size("n_heads") * T * T
+
+    def check_attention(self, copies: int = 1, backward: bool = False,
+                        what: str = "this conditional") -> None:
+        """Refuse work whose attention for a single row (``copies`` rows with a backward
+        pass through every layer: a log density's divergence) exceeds
+        :data:`MAX_ATTENTION_BYTES`, naming the tokens and the memory it would take."""
+        layers = self._net_size("n_layers") if backward else 1
+        need = self._attention_row_bytes() * copies * layers
+        if need > MAX_ATTENTION_BYTES:
+            T = getattr(self.network, "n_token_slots", self.n_columns)
+            extra = (f" x {copies} copies (one per latent column: divergence='hutchinson' "
+                     f"needs n_probes copies) x {layers} layers kept for the backward pass"
+                     if backward else "")
+            raise ValueError(
+                f"{what} has {T} tokens: the attention of a single row would take "
+                f"{need / 2**30:.3g} GiB{extra}, beyond the limit of "
+                f"{MAX_ATTENTION_BYTES / 2**30:g} GiB (skformer.model.MAX_ATTENTION_BYTES). "
+                "Ask for fewer positions (or columns) per conditional."
+            )
+
     def rows_per_chunk(self) -> int:
         """Rows per network call: on a GPU as many as keep attention activations to a few
         hundred MB; on a CPU at most :data:`CPU_CHUNK_ROWS`, whose activations stay in the
         core's caches (``benchmarks/cpu_profile.py``: 10,000 samples of a 4-token model in
-        6.4 s instead of 8.7 s with chunks of 16,384 rows; no change at 20 tokens)."""
+        6.4 s instead of 8.7 s with chunks of 16,384 rows; no change at 20 tokens). Never
+        more than keeps one call's attention within :data:`MAX_ATTENTION_BYTES` (at least
+        one row)."""
         T = getattr(self.network, "n_token_slots", self.n_columns)
         rows = max(64, int(2**22 // (T * max(T, 64))))
+        rows = min(rows, max(1, MAX_ATTENTION_BYTES // self._attention_row_bytes()))
         return min(rows, CPU_CHUNK_ROWS) if self.device.type == "cpu" else rows
 
     # ------------------------------------------------------------------ the denoiser
@@ -504,7 +541,10 @@ class SimformerModel(nn.Module):
         latent_rows = states == LATENT
         latent = latent_rows.any(0).nonzero().flatten()  # missing entries cancel in the trace
         copies = latent.shape[0] if probes is None else probes.shape[0]
-        chunk = max(1, self.rows_per_chunk() // (2 * copies))
+        self.check_attention(copies, backward=True, what="this log density")
+        budget = MAX_ATTENTION_BYTES // (self._attention_row_bytes() * copies
+                                         * self._net_size("n_layers"))
+        chunk = max(1, min(self.rows_per_chunk() // (2 * copies), budget))
         grid = self.dynamics.time_grid(steps, self.device).flip(0)[1:]  # sigma_min ... start
         out = []
         for i in range(0, z.shape[0], chunk):

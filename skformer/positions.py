@@ -26,9 +26,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from skformer._utils import MAX_STANDARD_UNITS
 from skformer.layout import Layout
 
-__all__ = ["PositionTable", "PositionedNetwork", "parse_positions", "RANGE_SLACK"]
+__all__ = ["PositionTable", "PositionedNetwork", "parse_positions", "RANGE_SLACK",
+           "MAX_POSITION_DIM"]
+
+MAX_POSITION_DIM = 16
+"""Most coordinates a position may have (``fit`` refuses more, and so does every loader)."""
 
 RANGE_SLACK = 0.05
 """Positions beyond the training range by more than this share of its width warn that the
@@ -85,7 +90,8 @@ def parse_positions(positions, layout: Layout, n_rows: int | None,
         if arr.ndim == 1:
             arr = arr[:, None]
         elif arr.ndim == 2 and n_rows is not None and arr.shape[0] == n_rows \
-                and (k is None or arr.shape[1] == k) and n_rows != 1:
+                and (k is None or arr.shape[1] == k) and (n_rows != 1 or k != 1):
+            # one row's (1, k) is its own set; (1, 1) reads the same either way: shared
             arr, per_row = arr[:, :, None], True
         elif arr.ndim == 3 and arr.shape[0] == 1:
             arr = arr[0]
@@ -110,6 +116,9 @@ def parse_positions(positions, layout: Layout, n_rows: int | None,
         if per_row and not np.array_equal(nan.any(-1), nan.all(-1)):
             raise ValueError(f"positions[{name!r}] holds positions with some coordinates NaN "
                              "and others not: NaN marks a whole reading absent.")
+        if arr.shape[-1] > MAX_POSITION_DIM:
+            raise ValueError(f"positions[{name!r}] has {arr.shape[-1]} coordinates per "
+                             f"reading; at most {MAX_POSITION_DIM} are supported.")
         out[v] = arr
     dims = {a.shape[-1] for a in out.values()}
     if len(dims) > 1:
@@ -133,61 +142,115 @@ class PositionTable(nn.Module):
     shared : list of int
         The variables (of ``variables``) whose positions every training row shared: a
         conditional keeps them when it names no positions for them.
+    seen : (ndarray, ndarray) or None
+        The range of every position trained on, low and high of shape (len(variables), dim),
+        when later fits (``warm_start``, ``partial_fit``) reached beyond ``low`` and ``high``;
+        None: ``low`` and ``high``.
 
     Positions map to standard units per variable and coordinate, ``(p - mid) / half`` with the
-    training range's midpoint and half width (1 where the range is a point), so that training
-    positions lie in [-1, 1].
+    first fit's range: its midpoint and half width (1 where the range is a point), so that
+    its positions lie in [-1, 1]. Later fits keep these units (the network learnt them) and
+    widen ``seen``, the range that :meth:`outside` judges extrapolation by.
     """
 
     def __init__(self, variables: list[int], low: torch.Tensor, high: torch.Tensor,
-                 default: torch.Tensor, shared: list[int]):
+                 default: torch.Tensor, shared: list[int],
+                 seen: tuple[np.ndarray, np.ndarray] | None = None):
         super().__init__()
         self.variables = [int(v) for v in variables]
         self.shared = [int(v) for v in shared]
         self.register_buffer("low", torch.as_tensor(low, dtype=torch.float64).clone())
         self.register_buffer("high", torch.as_tensor(high, dtype=torch.float64).clone())
         self.register_buffer("default", torch.as_tensor(default, dtype=torch.float64).clone())
+        self.seen = None if seen is None else tuple(np.array(a, dtype=np.float64) for a in seen)
 
     @property
     def dim(self) -> int:
         return int(self.low.shape[1])
 
+    def seen_range(self) -> tuple[np.ndarray, np.ndarray]:
+        """Low and high of every position trained on, each (len(variables), dim)."""
+        if self.seen is not None:
+            return self.seen
+        return self.low.cpu().numpy(), self.high.cpu().numpy()
+
+    def widen(self, other: PositionTable) -> None:
+        """Take in the range of a later fit's positions (``other``, the same variables)."""
+        low, high = self.seen_range()
+        other_low, other_high = other.seen_range()
+        self.seen = (np.minimum(low, other_low), np.maximum(high, other_high))
+
     def describe(self) -> dict:
         """JSON values that rebuild this table's structure (the buffers hold the numbers)."""
-        return {"variables": list(self.variables), "dim": self.dim, "shared": list(self.shared)}
+        out = {"variables": list(self.variables), "dim": self.dim, "shared": list(self.shared)}
+        if self.seen is not None:
+            out["seen"] = [self.seen[0].tolist(), self.seen[1].tolist()]
+        return out
 
     @classmethod
     def skeleton(cls, description, n_columns: int) -> PositionTable:
         """An empty table of the described structure, for ``load_state_dict``."""
-        if not isinstance(description, dict) or set(description) != {"variables", "dim",
-                                                                      "shared"}:
+        keys = {"variables", "dim", "shared"}
+        if not isinstance(description, dict) or not keys <= set(description) <= {*keys, "seen"}:
             raise ValueError(f"positions must be a mapping with 'variables', 'dim' and "
-                             f"'shared'; got {description!r}.")
+                             f"'shared' (and optionally 'seen'); got {description!r}.")
         variables, dim, shared = (description[k] for k in ("variables", "dim", "shared"))
         def indexes(v) -> bool:
             return (isinstance(v, list) and all(type(i) is int and i >= 0 for i in v)
                     and v == sorted(set(v)))
 
         if not (indexes(variables) and variables and indexes(shared)
-                and set(shared) <= set(variables) and type(dim) is int and 1 <= dim <= 16):
-            raise ValueError(f"positions must name distinct variable indexes, a dim in 1..16 "
-                             f"and the shared ones among the variables; got {description!r}.")
+                and set(shared) <= set(variables) and type(dim) is int
+                and 1 <= dim <= MAX_POSITION_DIM):
+            raise ValueError(f"positions must name distinct variable indexes, a dim in "
+                             f"1..{MAX_POSITION_DIM} and the shared ones among the variables; "
+                             f"got {description!r}.")
         V = len(variables)
+        seen = description.get("seen")
+        if seen is not None:
+            try:
+                seen = np.array(seen, dtype=np.float64)
+            except (TypeError, ValueError):
+                seen = None
+            if seen is None or seen.shape != (2, V, dim) or not np.isfinite(seen).all() \
+                    or (seen[0] > seen[1]).any():
+                raise ValueError(f"positions' seen range must be [low, high], each "
+                                 f"{V} lists of {dim} finite numbers with low <= high; got "
+                                 f"{description['seen']!r}.")
+            seen = (seen[0], seen[1])
         return cls(variables, torch.zeros(V, dim), torch.ones(V, dim),
-                   torch.zeros(n_columns, dim), shared)
+                   torch.zeros(n_columns, dim), shared, seen)
 
     # ------------------------------------------------------------------ units
     def _row(self, v: int) -> int:
         return self.variables.index(v)
 
+    def _standard64(self, v: int, positions) -> torch.Tensor:
+        r = self._row(v)
+        mid = self.low[r] / 2 + self.high[r] / 2  # halves first: no overflow near 1.8e308
+        half = self.high[r] / 2 - self.low[r] / 2
+        half = torch.where(half > 0, half, 1.0)
+        p = torch.as_tensor(positions, device=self.low.device).to(torch.float64)
+        return (p - mid) / half
+
     def standard(self, v: int, positions: torch.Tensor) -> torch.Tensor:
         """Positions of variable ``v`` (any leading shape, last axis ``dim``) -> standard
         units (float32; NaN stays NaN)."""
+        return self._standard64(v, positions).to(torch.float32)
+
+    def check_representable(self, v: int, positions: np.ndarray, name: str) -> None:
+        """Refuse positions of variable ``v`` so far outside its training range that the
+        network's float32 arithmetic cannot take them (more than
+        :data:`~skformer._utils.MAX_STANDARD_UNITS` half-widths from its middle: the network
+        would answer NaN)."""
         r = self._row(v)
-        mid = (self.low[r] + self.high[r]) / 2
-        half = (self.high[r] - self.low[r]) / 2
-        half = torch.where(half > 0, half, 1.0)
-        return ((positions.to(torch.float64) - mid) / half).to(torch.float32)
+        if bool((self._standard64(v, positions).abs() > MAX_STANDARD_UNITS).any()):
+            raise ValueError(
+                f"positions of {name!r} lie so far outside the training range "
+                f"[{self.low[r].tolist()}, {self.high[r].tolist()}] (more than "
+                f"{MAX_STANDARD_UNITS:g} of its half-widths from its middle) that the "
+                "network's float32 arithmetic cannot take them."
+            )
 
     def columns(self, layout: Layout, per_column: torch.Tensor) -> torch.Tensor:
         """Positions in data units of shape (..., n_columns, dim), NaN for columns without
@@ -204,7 +267,7 @@ class PositionTable(nn.Module):
         range, widened by :data:`RANGE_SLACK` of its width at each end (training positions
         drawn from [0, 20] span a little less than it)."""
         r = self._row(v)
-        low, high = self.low[r].cpu().numpy(), self.high[r].cpu().numpy()
+        low, high = (a[r] for a in self.seen_range())
         slack = RANGE_SLACK * (high - low)
         p = positions[~np.isnan(positions).any(-1)]
         return bool(((p < low - slack) | (p > high + slack)).any())

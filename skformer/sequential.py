@@ -17,7 +17,8 @@ parameters' marginal (``sample()`` of the joint, the prior the model learnt), th
 posterior at observations far from ``x_o``, and conditionals that leave parameters latent
 outside the regions.
 
-Knows the estimator's public API (``fit``, ``condition``, ``set_params``) and the simulation
+Knows the estimator's public API (``fit``, ``condition``, ``set_params``), its checks before a
+fit (``_check_before_fit``, so that bad settings fail before any simulation) and the simulation
 helpers; nothing of torch or the network.
 """
 
@@ -37,6 +38,12 @@ __all__ = ["Round", "RoundsResult", "rounds"]
 
 TRUNCATIONS = ("hpr", "box")
 REFITS = ("last", "never", "always")
+N_PILOT = 8
+"""Prior simulations run before anything else, to check the simulator's output against
+``observed`` before a round spends its budget (they join round 0)."""
+MODEL_PARAMS = ("variables", "method", "sde", "dynamics_options", "tokens", "d_model",
+                "n_layers", "n_heads", "bounds")
+"""Parameters that describe the model: a warm-started fit cannot change them."""
 
 
 @dataclass
@@ -88,6 +95,10 @@ class RoundsResult:
     n_theta: int
     stopped: str | None = None
     """Why the rounds stopped before ``n_rounds`` (a sentence), or None."""
+    pending: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list, repr=False)
+    """Only on the ``rounds_result`` of an error: batches ``(theta, x)`` of simulations of
+    the round that raised, as the simulator returned them, that had not joined ``X`` (e.g.
+    ``x`` of the wrong width); empty otherwise."""
 
     def posterior(self):
         """The posterior conditional of the final estimator: ``theta`` given ``x``."""
@@ -226,7 +237,8 @@ def rounds(estimator, simulator, prior, observed, n_rounds: int = 5,
         model). None keeps the estimator's own: on two_moons a fifth of the learning rate took
         twice the time and scored no better (``benchmarks/sequential.py``).
     initial : array-like of shape (n, n_theta + n_x) or None, default=None
-        Prior simulations you already have: round 0 uses them (and simulates none).
+        Prior simulations you already have: round 0 uses them, with the pilot simulations
+        (below) and no others.
     n_jobs, chunk_size
         Parallel simulation, as in :func:`skformer.simulate`.
     random_state : int, RandomState or Generator instance, or None, default=None
@@ -242,13 +254,21 @@ def rounds(estimator, simulator, prior, observed, n_rounds: int = 5,
         ``round_of_row``, ``failed`` (the failed simulations), ``history`` (a :class:`Round`
         per round), ``stopped``, and ``posterior()`` and ``plot()``.
 
+    Every argument is checked before the rounds spend simulations: the estimator's
+    parameters (``bounds`` and ``warm_params`` included) against the ``[theta, x]`` columns,
+    ``initial``'s width, and the simulator's output on a pilot of ``N_PILOT`` (8) prior draws
+    against ``observed`` (those simulations join round 0).
+
     Raises
     ------
     ValueError
-        For bad arguments, and when ``observed`` and the simulations do not have the same
-        number of ``x`` columns. An error or an interruption during a round re-raises with the
-        rounds finished so far attached as its ``rounds_result`` attribute: no simulation is
-        lost.
+        For bad arguments (before any simulation but the pilot), and when ``observed`` and the
+        simulations do not have the same number of ``x`` columns. An error or an interruption
+        after simulations ran re-raises with everything simulated so far attached as its
+        ``rounds_result`` attribute (the finished rounds, and in ``pending`` a round's
+        simulations that could not join them): no simulation is lost.
+    RuntimeError
+        When every pilot simulation raised (the simulator's own error is the cause).
 
     Warns
     -----
@@ -281,18 +301,19 @@ def rounds(estimator, simulator, prior, observed, n_rounds: int = 5,
                 box_margin, n_posterior_samples, refit)
     if not callable(simulator):
         raise TypeError(f"simulator must be callable, got {type(simulator).__name__}.")
-    if warm_params is not None and not isinstance(warm_params, dict):
-        raise ValueError(f"warm_params must be a dict or None; got {warm_params!r}.")
-    if warm_params and refit == "always":
-        raise ValueError("warm_params set the warm-started fits, and refit='always' makes "
-                         "none: drop warm_params or choose refit='last' or 'never'.")
-    x_o = np.asarray(observed, dtype=np.float64).ravel()
-    if x_o.size == 0 or not np.isfinite(x_o).all():
-        raise ValueError("observed must be a non-empty vector of finite values.")
+    est = clone(estimator)
+    _check_warm_params(est, warm_params, refit)
+    x_o = _observation(observed)
     root = np.random.SeedSequence(seed_from(random_state))
     seeds = root.spawn(n_rounds)
+    pilot_draw, pilot_simulate = root.spawn(2)  # after the rounds': their streams stay
     state = _State(x_o)
-    est = clone(estimator)
+    pilot_theta = _draw(prior, min(N_PILOT, simulations_per_round), pilot_draw)
+    n_theta = state.n_theta = pilot_theta.shape[1]
+    initial = _check_initial(initial, n_theta, x_o.size)
+    est = _prepare(est, n_theta, x_o.size, prior)
+    est._check_before_fit(n_theta + x_o.size)
+    own = {k: v for k, v in est.get_params().items() if k in (warm_params or {})}
     settings = (n_posterior_samples, x_o, truncation, quantile, box_margin)
     bar = None
     if verbose:
@@ -302,14 +323,18 @@ def rounds(estimator, simulator, prior, observed, n_rounds: int = 5,
     region = None
     fresh_rounds = {0} | {"last": {n_rounds - 1}, "never": set(),
                           "always": set(range(n_rounds))}[refit]
-    own = None
     try:
+        t0 = time.perf_counter()
+        pilot_x = _pilot(simulator, pilot_theta, pilot_simulate, state)
+        pilot_seconds = time.perf_counter() - t0
         for r in range(n_rounds):
             propose_seed, simulate_seed, sample_seed = seeds[r].spawn(3)
             t0 = time.perf_counter()
             if r == 0:
-                theta, kind, acceptance, x = _first_round(initial, prior, simulations_per_round,
-                                                          propose_seed, x_o)
+                theta, kind, acceptance, x = _first_round(
+                    initial, prior, simulations_per_round, propose_seed, simulator,
+                    simulate_seed, pilot_theta, pilot_x, n_jobs, chunk_size, state)
+                t0 -= pilot_seconds
             else:
                 theta, kind, acceptance = _restricted(
                     prior, simulations_per_round, region, propose_seed,
@@ -329,9 +354,6 @@ def rounds(estimator, simulator, prior, observed, n_rounds: int = 5,
                                    chunk_size=chunk_size)
             simulate_seconds = time.perf_counter() - t0
             n_failed = state.add(r, theta, x)
-            if r == 0:
-                est = _prepare(est, state.n_theta, x_o.size, prior)
-                own = {k: v for k, v in est.get_params().items() if k in (warm_params or {})}
             fresh = r in fresh_rounds
             region, record = _fit_round(est, state, r, kind, len(theta), n_failed, acceptance,
                                         simulate_seconds, fresh,
@@ -341,13 +363,15 @@ def rounds(estimator, simulator, prior, observed, n_rounds: int = 5,
                 bar.set_postfix(accept=f"{acceptance:.3g}", val=f"{record.validation_loss:.4f}")
                 bar.update(1)
     except BaseException as error:
-        if state.X is not None:
+        if state.X is not None or state.pending:
             partial = state.result(est)
             error.rounds_result = partial
+            n_pending = sum(len(theta) for theta, _ in partial.pending)
+            pending = f" and {n_pending} more in its pending" if n_pending else ""
             if hasattr(error, "add_note"):
                 error.add_note(f"skformer.sequential.rounds: the {len(partial.X)} simulations "
-                               f"of {len(state.history)} finished rounds are kept in this "
-                               "error's rounds_result attribute.")
+                               f"of {len(state.history)} finished rounds{pending} are kept in "
+                               "this error's rounds_result attribute.")
         raise
     finally:
         if bar is not None:
@@ -392,12 +416,17 @@ class _State:
         self.history: list[Round] = []
         self.n_theta = 0
         self.stopped: str | None = None
+        self.pending: list[tuple[np.ndarray, np.ndarray]] = []
 
-    def add(self, r: int, theta: np.ndarray, x: np.ndarray) -> int:
-        """Keep a round's simulations; return how many failed (left out, kept aside)."""
+    def check_width(self, x: np.ndarray) -> None:
         if x.shape[1] != self.x_o.size:
             raise ValueError(f"the simulator returns {x.shape[1]} values of x per simulation "
                              f"but observed has {self.x_o.size}.")
+
+    def add(self, r: int, theta: np.ndarray, x: np.ndarray) -> int:
+        """Keep a round's simulations; return how many failed (left out, kept aside)."""
+        self.pending = [(theta, x)]  # until they join X, an error carries them as they are
+        self.check_width(x)
         rows = np.hstack([theta, x])
         bad = ~np.isfinite(x).all(axis=1)
         if bad.any():
@@ -407,30 +436,110 @@ class _State:
             self.failed.append(rows[bad])
         good = rows[~bad]
         if r == 0:
-            self.n_theta = theta.shape[1]
             _check_observed(good[:, self.n_theta:], self.x_o)
         self.X = good if self.X is None else np.vstack([self.X, good])
         self.rows_round.append(np.full(len(good), r))
+        self.pending = []
         return int(bad.sum())
 
     def result(self, est) -> RoundsResult:
-        width = self.X.shape[1]
+        width = self.n_theta + self.x_o.size if self.X is None else self.X.shape[1]
+        X = np.empty((0, width)) if self.X is None else self.X
+        rows_round = (np.concatenate(self.rows_round) if self.rows_round
+                      else np.empty(0, dtype=np.int64))
         failed = np.vstack(self.failed) if self.failed else np.empty((0, width))
-        return RoundsResult(estimator=est, X=self.X, round_of_row=np.concatenate(self.rows_round),
-                            failed=failed, history=list(self.history), n_theta=self.n_theta,
-                            stopped=self.stopped)
+        return RoundsResult(estimator=est, X=X, round_of_row=rows_round, failed=failed,
+                            history=list(self.history), n_theta=self.n_theta,
+                            stopped=self.stopped, pending=list(self.pending))
 
 
-def _first_round(initial, prior, n, seed, x_o):
-    """Round 0's parameters (and x when ``initial`` simulations were given)."""
+def _observation(observed) -> np.ndarray:
+    """``observed`` as a non-empty float64 vector of finite values."""
+    try:
+        x_o = np.asarray(observed, dtype=np.float64).ravel()
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"observed must be a vector of numbers; got {observed!r}.") from err
+    if x_o.size == 0 or not np.isfinite(x_o).all():
+        raise ValueError("observed must be a non-empty vector of finite values.")
+    return x_o
+
+
+def _check_warm_params(est, warm_params, refit) -> None:
+    """``warm_params`` name training parameters of ``est`` with valid values (whether or not
+    a warm round will run)."""
+    if warm_params is None:
+        return
+    if not isinstance(warm_params, dict):
+        raise ValueError(f"warm_params must be a dict or None; got {warm_params!r}.")
+    if warm_params and refit == "always":
+        raise ValueError("warm_params set the warm-started fits, and refit='always' makes "
+                         "none: drop warm_params or choose refit='last' or 'never'.")
+    known = est.get_params(deep=False)
+    unknown = sorted(map(str, set(warm_params) - set(known)))
+    if unknown:
+        raise ValueError(f"warm_params names {unknown}, which are not parameters of "
+                         f"{type(est).__name__}.")
+    model = sorted(set(warm_params) & set(MODEL_PARAMS))
+    if model:
+        raise ValueError(f"warm_params may not change {model}: they describe the model, "
+                         "which a warm-started fit continues. Set them on the estimator.")
+    trial = clone(est).set_params(**warm_params)
+    try:
+        trial._validate_params()
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"warm_params: {err}") from err
+
+
+def _check_initial(initial, n_theta: int, n_x: int) -> np.ndarray | None:
+    """``initial`` as float64 rows of ``n_theta + n_x`` columns with finite parameters."""
     if initial is None:
-        return _draw(prior, n, seed), "prior", 1.0, None
-    rows = np.asarray(initial, dtype=np.float64)
-    if rows.ndim != 2 or rows.shape[1] <= x_o.size:
-        raise ValueError(f"initial must be (n, n_theta + n_x) with n_x = {x_o.size} "
-                         f"(observed's length); got shape {rows.shape}.")
-    n_theta = rows.shape[1] - x_o.size
-    return rows[:, :n_theta], "prior", 1.0, rows[:, n_theta:]
+        return None
+    try:
+        rows = np.asarray(initial, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"initial must be an array of numbers; got {type(initial).__name__}."
+                         ) from err
+    if rows.ndim != 2 or rows.shape[1] != n_theta + n_x or len(rows) == 0:
+        raise ValueError(f"initial must have shape (n, {n_theta + n_x}): n_theta = {n_theta} "
+                         f"(the prior's draws) and n_x = {n_x} (observed's length); got shape "
+                         f"{rows.shape}.")
+    if not np.isfinite(rows[:, :n_theta]).all():
+        raise ValueError("initial holds non-finite parameters (its first "
+                         f"{n_theta} columns); NaN may only mark a failed simulation's x.")
+    return rows
+
+
+def _pilot(simulator, theta: np.ndarray, seed, state: _State) -> np.ndarray:
+    """The simulator's output on a few prior draws, checked against ``observed``'s width."""
+    try:
+        x, _ = simulate_at(simulator, theta, seed)
+    except RuntimeError as err:
+        raise RuntimeError(f"the simulator raised on every one of the {len(theta)} pilot "
+                           "simulations that rounds runs first; its error is the cause."
+                           ) from (err.__cause__ or err)
+    state.pending = [(theta, x)]
+    state.check_width(x)
+    return x
+
+
+def _first_round(initial, prior, n, propose_seed, simulator, simulate_seed, pilot_theta,
+                 pilot_x, n_jobs, chunk_size, state):
+    """Round 0's parameters and simulations: the pilot's, and ``initial`` or more prior
+    draws simulated."""
+    if initial is not None:
+        n_theta = pilot_theta.shape[1]
+        theta = np.vstack([initial[:, :n_theta], pilot_theta])
+        return theta, "prior", 1.0, np.vstack([initial[:, n_theta:], pilot_x])
+    theta = np.vstack([pilot_theta, _draw(prior, n - len(pilot_theta), propose_seed)]) \
+        if n > len(pilot_theta) else pilot_theta
+    x = pilot_x
+    if n > len(pilot_theta):
+        rest, _ = simulate_at(simulator, theta[len(pilot_theta):], simulate_seed,
+                              n_jobs=n_jobs, chunk_size=chunk_size)
+        state.pending.append((theta[len(pilot_theta):], rest))
+        state.check_width(rest)
+        x = np.vstack([pilot_x, rest])
+    return theta, "prior", 1.0, x
 
 
 def _prepare(est, n_theta: int, n_x: int, prior):
@@ -440,7 +549,7 @@ def _prepare(est, n_theta: int, n_x: int, prior):
     params = est.get_params()
     if all(params.get(k) is None for k in ("variables", "posterior_latent",
                                              "posterior_observed")):
-        est.set_params(variables=[n_theta, n_x])
+        est.set_params(variables={"theta": n_theta, "x": n_x})
     bounds = prior_bounds(prior, n_theta) if params.get("bounds") is None else None
     if bounds is not None:
         est.set_params(bounds=bounds)

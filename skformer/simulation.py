@@ -124,11 +124,12 @@ def simulate_at(simulator: Callable, theta: np.ndarray, seed: np.random.SeedSequ
     if verbose:
         from tqdm.auto import tqdm
         bar = tqdm(total=len(theta), desc="simulating", unit="sim")
-    pieces, raised = [], 0
+    pieces, raised, first = [], 0, None
     try:
-        for i, (x, n_raised) in enumerate(results):
+        for i, (x, n_raised, error) in enumerate(results):
             pieces.append(x)
             raised += n_raised
+            first = first or error
             if bar is not None:
                 bar.update(min(chunk_size, len(theta) - i * chunk_size))
     finally:
@@ -138,7 +139,8 @@ def simulate_at(simulator: Callable, theta: np.ndarray, seed: np.random.SeedSequ
     if len(widths) > 1:
         raise ValueError(f"the simulator returned different widths of x: {sorted(widths)}.")
     if not widths:
-        raise RuntimeError(f"every one of the {len(theta)} simulations raised.")
+        raise RuntimeError(f"every one of the {len(theta)} simulations raised; the first "
+                           f"error: {first!r} (its traceback is this error's cause).") from first
     width = widths.pop()
     x = np.vstack([p if p.shape[1] else np.full((len(p), width), np.nan) for p in pieces])
     return np.where(np.isfinite(x), x, np.nan), raised
@@ -260,35 +262,48 @@ def _call(simulator: Callable, theta: np.ndarray, seed: np.random.SeedSequence) 
             np.random.set_state(state)
     if isinstance(out, torch.Tensor):
         out = out.detach().cpu().numpy()
-    out = np.asarray(out, dtype=np.float64)
+    try:
+        out = np.asarray(out, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        # what came back is not numbers at all: a bug in the simulator, not a failed run
+        raise _BadOutput(f"the simulator returned {type(out).__name__} {_short(out)}, which "
+                         "is not an array of numbers of shape (n, ...) for the n parameter "
+                         "sets.") from err
     if out.ndim == 0 or out.shape[0] != len(theta):
         raise _BadOutput(f"the simulator returned shape {out.shape} for {len(theta)} "
                          "parameter sets; it must return one simulation per row.")
     return out.reshape(len(theta), -1)
 
 
+def _short(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _run_chunk(simulator: Callable, theta: np.ndarray, seed: np.random.SeedSequence,
-               strict: bool, offset: int) -> tuple[np.ndarray, int]:
+               strict: bool, offset: int) -> tuple[np.ndarray, int, BaseException | None]:
     """Simulate one chunk; when the batched call raises, each row alone. Returns x (rows that
-    raised are NaN; width 0 when all did) and the count of rows that raised."""
+    raised are NaN; width 0 when all did), the count of rows that raised and the first
+    exception a row raised (None when none did)."""
     whole_seed, rows_seed = seed.spawn(2)
     try:
-        return _call(simulator, theta, whole_seed), 0
+        return _call(simulator, theta, whole_seed), 0, None
     except _BadOutput:
         raise
     except Exception as error:
         if strict:
             raise RuntimeError(f"the simulator raised on the chunk starting at row {offset}: "
                                f"{error!r}") from error
-    rows, raised = [], 0
+    rows, raised, first = [], 0, None
     for i, row_seed in enumerate(rows_seed.spawn(len(theta))):
         try:
             rows.append(_call(simulator, theta[i:i + 1], row_seed)[0])
         except _BadOutput:
             raise
-        except Exception:
+        except Exception as error:
             rows.append(None)
             raised += 1
+            first = first or error
     width = next((len(r) for r in rows if r is not None), 0)
     x = np.full((len(theta), width), np.nan)
     for i, r in enumerate(rows):
@@ -297,4 +312,4 @@ def _run_chunk(simulator: Callable, theta: np.ndarray, seed: np.random.SeedSeque
                 raise ValueError("the simulator returned different widths of x: "
                                  f"{sorted({width, len(r)})}.")
             x[i] = r
-    return x, raised
+    return x, raised, first

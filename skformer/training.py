@@ -10,7 +10,6 @@ global torch RNG is never used.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import functools
 import math
 from collections.abc import Callable
@@ -318,8 +317,8 @@ class PartialTrainer:
         Its ``noise`` stream seeds the training noise.
 
     ``ema`` holds the moving average of the weights, the network to use. A call whose loss is
-    not finite, or that is interrupted, leaves network, average, optimiser and step count as
-    they were before it (the masks' random stream moves on).
+    not finite, or that is interrupted, leaves network, average, optimiser, step count and the
+    random streams (noise and masks) as they were before it.
     """
 
     WARMUP_STEPS = 100
@@ -336,25 +335,29 @@ class PartialTrainer:
         self.steps = 0
 
     def reconfigure(self, config: TrainConfig) -> None:
-        """Take new settings (changed parameters) for the next calls; the batch size stays."""
-        self.config = dataclasses.replace(config, batch_size=self.config.batch_size)
+        """Take new settings (changed parameters, the batch size included) for the next
+        calls."""
+        self.config = config
         self._step.config = self.config
         self.decay = 0.999 if config.ema_decay == "auto" else float(config.ema_decay)
         for g in self.opt.param_groups:
             g["weight_decay"] = config.weight_decay
 
     def _state(self):
+        masks = self.masks.get_state() if hasattr(self.masks, "get_state") else None
         return (copy.deepcopy(self.network.state_dict()), copy.deepcopy(self.ema.state_dict()),
                 copy.deepcopy(self.opt.state_dict()), self.steps,
-                self.noise_gen.get_state())
+                self.noise_gen.get_state(), masks)
 
     def _restore(self, state) -> None:
-        net, ema, opt, steps, gen = state
+        net, ema, opt, steps, gen, masks = state
         self.network.load_state_dict(net)
         self.ema.load_state_dict(ema)
         self.opt.load_state_dict(opt)
         self.steps = steps
         self.noise_gen.set_state(gen)
+        if masks is not None:
+            self.masks.set_state(masks)
 
     def pass_over(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> float:
         """One optimiser step per ``config.batch_size`` rows of ``x`` (standardised, NaN where

@@ -136,7 +136,7 @@ def test_bad_constraints(fitted, constraints, match):
 
 
 def test_impossible_constraint_is_reported(fitted):
-    with pytest.raises(ValueError, match="almost no mass"):
+    with pytest.raises(ValueError, match="no mass of this conditional"):
         fitted.posterior().sample(50, observed=X_O, constraints={0: (5.0, 6.0)}, steps=5)
 
 

@@ -55,7 +55,20 @@ def test_rejection_returns_exactly_n_rows_inside():
 
 
 def test_rejection_gives_up_clearly():
+    """A region with no mass: refused after the first two rounds (1.2 n + 8 and 20 n draws),
+    not after max_rounds of them. A region with little mass: refused after max_rounds."""
     cons = LinearConstraints(torch.tensor([[1.0]]), torch.tensor([50.0]),
                              torch.tensor([np.inf]))
+    drawn = []
+
+    def draw(k):
+        drawn.append(k)
+        return torch.randn(k, 1)
+
+    with pytest.raises(ValueError, match="none of 220 samples satisfied"):
+        sample_satisfying(draw, cons, 10, max_rounds=20)
+    assert drawn == [20, 200]
+    rare = LinearConstraints(torch.tensor([[1.0]]), torch.tensor([2.5]), torch.tensor([np.inf]))
+    torch.manual_seed(0)
     with pytest.raises(ValueError, match="almost no mass"):
-        sample_satisfying(lambda k: torch.randn(k, 1), cons, 10, max_rounds=3)
+        sample_satisfying(lambda k: torch.randn(k, 1), rare, 1000, max_rounds=1)

@@ -583,6 +583,25 @@ CRAFTED = {
         "too deeply|JSON",
     ),
     "not an estimator": (lambda h, p: (h.update(estimator="Popen"), p)[1], "Popen"),
+    # fit's own checks against the layout, which load now runs too
+    "inverted bounds": (
+        lambda h, p: (h["params"].update(bounds={"__type__": "dict", "value": [
+            [0, {"__type__": "tuple", "value": [1.0, 0.0]}]]}), p)[1], "need low < high",
+    ),
+    "bounds of an unknown column": (
+        lambda h, p: (h["params"].update(bounds={"__type__": "dict", "value": [
+            ["nope", {"__type__": "tuple", "value": [0.0, 1.0]}]]}), p)[1], "unknown column",
+    ),
+    "variables that do not match the layout": (
+        lambda h, p: (h["params"].update(variables=[2, 4]), p)[1], "do not lay out",
+    ),
+    "posterior_latent beyond the variables": (
+        lambda h, p: (h["params"].update(posterior_latent=[5]), p)[1], "outside the 2",
+    ),
+    "a training mask of the wrong length": (
+        lambda h, p: (h["params"].update(condition_masks=[[False, True, True]]), p)[1],
+        "must have length 2 .* got length 3",
+    ),
 }
 
 

@@ -179,12 +179,15 @@ def test_observation_outside_the_simulations_warns():
                simulations_per_round=200, n_posterior_samples=200, random_state=0, verbose=0)
 
 
-def test_an_interrupted_round_keeps_the_finished_ones():
+@pytest.mark.parametrize("calls_before", [2, 1])
+def test_an_interrupted_round_keeps_the_finished_ones(calls_before):
+    """Calls: the 8-draw pilot, the rest of round 0, round 1. Interrupted in round 1, round 0
+    is kept whole; interrupted in round 0, the pilot's simulations are kept in pending."""
     calls = []
 
     def interrupted(theta, rng):
         calls.append(len(theta))
-        if len(calls) > 1:
+        if len(calls) > calls_before:
             raise KeyboardInterrupt
         return simulator(theta, rng)
 
@@ -193,7 +196,14 @@ def test_an_interrupted_round_keeps_the_finished_ones():
                simulations_per_round=200, truncation="box", n_posterior_samples=200,
                random_state=0, verbose=0)
     kept = info.value.rounds_result
-    assert len(kept.X) == 200 and len(kept.history) == 1
+    assert calls[:2] == [sequential.N_PILOT, 200 - sequential.N_PILOT]
+    if calls_before == 2:
+        assert len(kept.X) == 200 and len(kept.history) == 1 and kept.pending == []
+    else:
+        assert kept.X.shape == (0, 2) and kept.history == []
+        [(theta, x)] = kept.pending
+        assert theta.shape == x.shape == (sequential.N_PILOT, 1)
+        np.testing.assert_allclose(x, theta, atol=6 * NOISE)
 
 
 def test_rounds_are_reproducible_and_leave_the_estimator_alone():
