@@ -132,6 +132,9 @@ def seed_from(random_state) -> int:
     if random_state is None:
         return int_seed(np.random.SeedSequence())
     if isinstance(random_state, (int, np.integer)):
+        if random_state < 0:
+            raise ValueError(f"random_state must be a non-negative int (as in scikit-learn); "
+                             f"got {random_state}.")
         return int(random_state)
     if isinstance(random_state, np.random.RandomState):
         return int(random_state.randint(0, 2**31 - 1))
@@ -184,6 +187,28 @@ def fit_seeds(random_state, continuation: int = 0) -> FitSeeds:
     return FitSeeds(**dict(zip(names, seeds, strict=True)))
 
 
+def device_memory(device: torch.device) -> int | None:
+    """The total memory of ``device`` in bytes (a GPU's, or the host's physical memory for the
+    CPU), or None where the platform does not say."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_fits_in_memory(n_bytes: int, device: torch.device | str, what: str) -> None:
+    """Refuse work that ``what`` (a sentence naming the argument) sets at ``n_bytes`` of
+    memory when that is more than ``device`` has at all: a ValueError that says so, instead of
+    the allocator's error."""
+    device = torch.device(device)
+    total = device_memory(device)
+    if total is not None and n_bytes > total:
+        raise ValueError(f"{what} would hold at least {n_bytes / 1e9:.3g} GB at once, more than "
+                         f"the {total / 1e9:.3g} GB of this machine's {device.type} memory.")
+
+
 def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
     """A torch generator on ``device`` seeded with ``seed`` (the global RNG is not touched)."""
     gen = torch.Generator(device=device)
@@ -192,12 +217,18 @@ def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Gener
 
 
 # ---------------------------------------------------------------------------------- arrays
-def as_float_tensor(values, device: torch.device, dtype: torch.dtype = DTYPE) -> torch.Tensor:
-    """numpy / torch / pandas / nested lists -> tensor of ``dtype`` on ``device`` (a copy)."""
+def as_float_tensor(values, device: torch.device, dtype: torch.dtype = DTYPE,
+                    name: str = "values") -> torch.Tensor:
+    """numpy / torch / pandas / nested lists -> tensor of ``dtype`` on ``device`` (a copy).
+    Complex values are refused (casting would drop their imaginary part silently)."""
     if isinstance(values, torch.Tensor):
+        if values.is_complex():
+            raise ValueError(f"{name} holds complex numbers; skformer takes real ones.")
         return values.detach().to(device=device, dtype=dtype).clone()
     if hasattr(values, "to_numpy"):
         values = values.to_numpy()
+    if np.iscomplexobj(values):
+        raise ValueError(f"{name} holds complex numbers; skformer takes real ones.")
     # a fresh, contiguous, writeable copy: negative strides and read-only memmaps are fine
     arr = np.array(values, dtype=np.float64, order="C", copy=True)
     return torch.as_tensor(arr, dtype=dtype, device=device)

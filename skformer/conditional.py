@@ -14,6 +14,7 @@ import torch
 from skformer._utils import (
     MAX_STANDARD_UNITS,
     as_float_tensor,
+    check_fits_in_memory,
     make_generator,
     seed_from,
     to_numpy,
@@ -67,9 +68,19 @@ def resolve_bounds(bounds, layout, observed_columns=()) -> dict[int, tuple[float
             if c not in observed and (np.isfinite(b[0]) or np.isfinite(b[1]))}
 
 
-def _positive_int(value, name: str) -> int:
+MAX_CALL_STEPS = 1_000_000
+"""Most solver steps one call may ask for (``steps=``; the parameters stop at 10,000)."""
+
+BYTES_PER_SAMPLED_ENTRY = 32
+"""Memory that sampling holds per entry (row and column) at once: the rows' states, values,
+noise and results in float32, and the float64 results (``check_fits_in_memory``)."""
+
+
+def _positive_int(value, name: str, high: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be at most {high:,}; got {value!r}.")
     return int(value)
 
 
@@ -156,7 +167,7 @@ class Conditional:
                     f"{self.observed_names}."
                 )
             return torch.zeros(1, 0, device=device, dtype=torch.float64), False
-        obs = as_float_tensor(observed, device, torch.float64)
+        obs = as_float_tensor(observed, device, torch.float64, "observed")
         batched = obs.ndim == 2
         if obs.ndim == 1:
             obs = obs[None]
@@ -263,6 +274,14 @@ class Conditional:
             )
         return v
 
+    def _check_rows(self, n: int, n_observations: int, name: str) -> None:
+        """Refuse ``n`` samples for each of ``n_observations`` when they cannot fit in the
+        device's memory at all."""
+        m = self._model
+        check_fits_in_memory(
+            n * n_observations * m.n_columns * BYTES_PER_SAMPLED_ENTRY, m.device,
+            f"{name}={n:,} for {n_observations:,} observation(s) of {m.n_columns} columns")
+
     def _solver(self, solver, allowed=SOLVERS) -> str:
         solver = self.solver if solver is None else solver
         if solver not in allowed:
@@ -361,14 +380,17 @@ class Conditional:
         (100, 1)
         """
         n_samples = _positive_int(n_samples, "n_samples")
-        steps = _positive_int(self.sampling_steps if steps is None else steps, "steps")
+        steps = _positive_int(self.sampling_steps if steps is None else steps, "steps",
+                              MAX_CALL_STEPS)
         solver = self._solver(solver)
         if iid:
+            self._check_rows(n_samples, 1, "n_samples")
             return self._sample_iid(n_samples, observed, random_state, steps, solver,
                                     constraints, prior, iid_method)
         if prior is not None:
             raise ValueError("prior is used only with iid=True.")
         obs, batched = self._observed(observed)
+        self._check_rows(n_samples, obs.shape[0], "n_samples")
         m = self._model
         guide = None if constraints is None else parse_constraints(
             constraints, m.layout.column_names, self.observed_columns, m.standardiser.mean,
@@ -494,7 +516,8 @@ class Conditional:
             raise ValueError(
                 f"divergence must be 'auto', 'exact' or 'hutchinson'; got {divergence!r}."
             )
-        steps = _positive_int(self.log_prob_steps if steps is None else steps, "steps")
+        steps = _positive_int(self.log_prob_steps if steps is None else steps, "steps",
+                              MAX_CALL_STEPS)
         if steps < 2:
             raise ValueError(f"log_prob needs steps >= 2; got {steps}.")
         solver = self._solver(solver, ODE_SOLVERS)
@@ -578,6 +601,7 @@ class Conditional:
         """
         n_init, n_keep, n_iter = (_positive_int(v, name) for v, name in
                                   ((n_init, "n_init"), (n_keep, "n_keep"), (n_iter, "n_iter")))
+        self._check_rows(n_init, 1, "n_init")
         if not learning_rate > 0:
             raise ValueError(f"learning_rate must be positive; got {learning_rate!r}.")
         if iid:

@@ -24,7 +24,15 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 import skformer._version as _version
 import skformer.distributed as distributed
 from skformer._legacy import pickle_state_to_description
-from skformer._utils import FitSeeds, fit_seeds, resolve_device, to_numpy, torch_threads, warn
+from skformer._utils import (
+    MAX_STANDARD_UNITS,
+    FitSeeds,
+    fit_seeds,
+    resolve_device,
+    to_numpy,
+    torch_threads,
+    warn,
+)
 from skformer.conditional import Conditional, resolve_bounds
 from skformer.dynamics import METHODS, Dynamics, make_dynamics
 from skformer.dynamics.solvers import SOLVERS
@@ -431,12 +439,17 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
             )
         return split
 
+    def _make_dynamics(self) -> Dynamics:
+        options = {"sde": self.sde} if self.method == "score" else {}
+        return make_dynamics(self.method, {**options, **(self.dynamics_options or {})})
+
     def _check_before_fit(self, n_columns: int) -> None:
         """Every check ``fit`` makes of the parameters for data of ``n_columns`` columns, with
         no data and no work: for callers that must fail before they spend simulations
         (``sequential.rounds``)."""
         self._validate_params()
         self._check_layout(self._make_layout(n_columns))
+        self._make_dynamics()  # dynamics_options
         self._train_config(batch_size=1)  # training_options
 
     def _training_split(self, layout: Layout) -> tuple[list[int], list[int]] | None:
@@ -572,6 +585,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         model = self._build_model(X, layout, seeds, table)  # the same weights on every rank
         if warm:
             model = self._continued(model, table)
+            _check_new_rows(model, X)
         if group is not None:  # each rank draws its own masks, noise and order
             seeds = seeds.for_rank(group)
         masks = TrainingMasks(self.condition_masks, self.edge_masks, layout, split, seeds.masks,
@@ -612,6 +626,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         model = copy.deepcopy(self.model_)
         model.network.requires_grad_(True)
         if table is not None:
+            _check_new_positions(model, table)
             model.positions.widen(table)
         return model
 
@@ -737,7 +752,10 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
             trainer.reconfigure(self._train_config(self.model_))
         model = copy.deepcopy(self.model_)
         if table is not None and not first:
+            _check_new_positions(model, table)
             model.positions.widen(table)
+        if not first:
+            _check_new_rows(model, X)
         model.marginal_fraction = trainer.config.marginal_fraction
         self._note_missing(model, X, keep=not first)
         p = None if P is None else model.positions.columns(
@@ -803,8 +821,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         the CPU; the caller moves it). With ``positions``, the columns of each variable with
         positions share one identity and one standardisation."""
         self.token_columns_ = self._token_columns(layout)
-        options = {"sde": self.sde} if self.method == "score" else {}
-        dynamics = make_dynamics(self.method, {**options, **(self.dynamics_options or {})})
+        dynamics = self._make_dynamics()
         groups = self.token_columns_
         if all(len(g) == 1 for g in groups):
             groups = None  # one token per column: the paper's embedding
@@ -1226,6 +1243,13 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
             _check_layout_agrees(est)
         return est
 
+    def _check_loadable(self) -> None:
+        """The checks a loader makes of a fitted estimator's parameters against its model
+        (``save`` runs them first, so that it never writes a file load refuses)."""
+        self._validate_params()
+        _check_fitted(self, vars(self))
+        _check_layout_agrees(self)
+
     def __getstate__(self) -> dict[str, Any]:
         description, tensors = self._describe()
         return {"description": description, "tensors": tensors}
@@ -1236,6 +1260,31 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         restored = type(self)._from_description(state["description"], state["tensors"],
                                                 validate=False)
         self.__dict__.update(restored.__dict__)
+
+
+def _check_new_rows(model: SimformerModel, X: np.ndarray) -> None:
+    """Rows that continue a fitted model (warm start, partial_fit) are read in its units: refuse
+    values the network's float32 arithmetic cannot take there, as inference does."""
+    mean, scale = (to_numpy(t) for t in (model.standardiser.mean, model.standardiser.scale))
+    with np.errstate(over="ignore"):
+        z = np.abs((X - mean) / scale)
+    far = ~(np.nan_to_num(z, nan=0.0) <= MAX_STANDARD_UNITS)
+    if far.any():
+        column = model.layout.column_names[int(np.flatnonzero(far.any(0))[0])]
+        raise ValueError(
+            f"X holds values more than {MAX_STANDARD_UNITS:g} standard deviations from the "
+            f"fitted model's mean (e.g. in column {column!r}); the model continues in its own "
+            "units, which cannot take them. Fit afresh (warm_start=False) on data of this scale."
+        )
+
+
+def _check_new_positions(model: SimformerModel, table: PositionTable) -> None:
+    """Positions of rows that continue a fitted model are read in its units: refuse what a
+    conditional would refuse there."""
+    low, high = table.seen_range()
+    for r, v in enumerate(table.variables):
+        model.positions.check_representable(v, np.stack([low[r], high[r]]),
+                                            model.layout.names[v])
 
 
 def _check_layout_agrees(est: SimformerEstimator) -> None:
@@ -1285,9 +1334,17 @@ def _dict_groups(spec: dict, n_columns: int, names) -> list | list[list[int]]:
             if c not in lookup:
                 raise ValueError(f"variables names column {c!r}, which X does not have.")
             return lookup[c]
-        return int(c)
+        return c  # an index: Layout.from_spec checks it
 
-    return [[col(c) for c in np.atleast_1d(cols)] for cols in values]
+    def columns(name, cols) -> list:
+        if isinstance(cols, str):
+            return [col(cols)]
+        if isinstance(cols, (set, frozenset, dict)) or not hasattr(cols, "__iter__"):
+            raise ValueError(f"variables[{name!r}] must be a size or a list of columns (indexes "
+                             f"or names, in order); got {cols!r}.")
+        return [col(c) for c in cols]
+
+    return [columns(name, cols) for name, cols in spec.items()]
 
 
 def _kept_weights(result: TrainResult) -> str:
@@ -1307,8 +1364,14 @@ def _check_fitted(est: SimformerEstimator, fitted: dict[str, Any]) -> None:
               "method": model.dynamics.name}
     if est.method == "score":
         stated["sde"], actual["sde"] = est.sde, model.dynamics.sde
+    # one token per column (no groups): the network's order of columns is the layout's, so
+    # the tokens' order (variable by variable) does not describe it
+    tokens = fitted.get("token_columns_")
+    if model.network.groups is None and isinstance(tokens, list) \
+            and all(isinstance(g, list) and len(g) == 1 and type(g[0]) is int for g in tokens):
+        tokens = sorted(tokens)
     groups = model.network.groups or [[c] for c in range(model.layout.n_columns)]
-    stated["tokens"], actual["tokens"] = fitted.get("token_columns_"), groups
+    stated["tokens"], actual["tokens"] = tokens, groups
     if stated != actual:
         raise ValueError(f"the parameters {stated} do not describe the model {actual}.")
     T = model.layout.n_columns

@@ -66,6 +66,11 @@ def save(estimator: SimformerEstimator, path: str | os.PathLike[str]) -> None:
         raise TypeError(f"save() stores a SimformerEstimator; got {type(estimator).__name__}.")
     check_is_fitted(estimator, "model_")
     path = container.check_path(path)
+    try:  # what save writes, load restores: parameters set after the fit are checked here
+        estimator._check_loadable()
+    except ValueError as err:
+        raise ValueError(f"save() refuses to write {os.fspath(path)!r}: load would refuse the "
+                         f"estimator ({err}); set the parameters back or refit.") from err
     description, tensors = estimator._describe()
     header = {
         "format": "skformer",

@@ -98,6 +98,9 @@ class Layout:
                 )
             if len(variables) == 0:
                 raise ValueError("variables must name at least one variable; got an empty list.")
+            if any(isinstance(v, (bool, np.bool_)) for v in variables):
+                raise ValueError(f"variables holds booleans: {variables!r}; give sizes or "
+                                 "lists of column indexes.")
             if all(isinstance(v, (int, np.integer)) for v in variables):
                 sizes = [int(v) for v in variables]
                 if min(sizes) < 1 or sum(sizes) != n_columns:
@@ -109,12 +112,19 @@ class Layout:
                 groups = tuple(tuple(range(a, b))
                                for a, b in zip(edges[:-1], edges[1:], strict=True))
             else:
+                def index(c) -> int:
+                    if isinstance(c, (bool, np.bool_)) or not isinstance(c, (int, np.integer)):
+                        raise TypeError(c)
+                    return int(c)
+
                 try:
-                    groups = tuple(tuple(int(c) for c in g) for g in variables)
+                    if any(isinstance(g, (set, frozenset, str)) for g in variables):
+                        raise TypeError(variables)
+                    groups = tuple(tuple(index(c) for c in g) for g in variables)
                 except TypeError as err:
                     raise ValueError(
-                        "variables must be a list of sizes or a list of lists of column indexes; "
-                        f"got {variables!r}."
+                        "variables must be a list of sizes or a list of lists of column indexes "
+                        f"(integers, in order); got {variables!r}."
                     ) from err
                 flat = sorted(c for g in groups for c in g)
                 if any(len(g) == 0 for g in groups) or flat != list(range(n_columns)):

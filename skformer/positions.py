@@ -80,6 +80,13 @@ def parse_positions(positions, layout: Layout, n_rows: int | None,
             raise ValueError(f"positions gives variable {name!r} twice.")
         if isinstance(value, torch.Tensor):
             value = value.detach().cpu().numpy()
+        if np.ma.isMaskedArray(value):  # a masked reading is an absent one
+            value = np.ma.filled(value.astype(np.float64), np.nan)
+        if getattr(getattr(value, "dtype", None), "kind", "") in ("M", "m"):
+            raise ValueError(f"positions[{name!r}] holds dates or time spans; give numbers "
+                             "(e.g. days since a reference date) so that their unit is yours.")
+        if np.iscomplexobj(value):
+            raise ValueError(f"positions[{name!r}] holds complex numbers; positions are real.")
         try:
             arr = np.asarray(value, dtype=np.float64)
         except (TypeError, ValueError) as err:
@@ -268,9 +275,10 @@ class PositionTable(nn.Module):
         drawn from [0, 20] span a little less than it)."""
         r = self._row(v)
         low, high = (a[r] for a in self.seen_range())
-        slack = RANGE_SLACK * (high - low)
-        p = positions[~np.isnan(positions).any(-1)]
-        return bool(((p < low - slack) | (p > high + slack)).any())
+        with np.errstate(over="ignore"):  # ranges near float64's limits: inf slack is fine
+            slack = RANGE_SLACK * (high - low)
+            p = positions[~np.isnan(positions).any(-1)]
+            return bool(((p < low - slack) | (p > high + slack)).any())
 
 
 class PositionedNetwork(nn.Module):

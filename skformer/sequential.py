@@ -31,8 +31,8 @@ from numbers import Integral, Real
 import numpy as np
 from sklearn.base import clone
 
-from skformer._utils import seed_from, warn
-from skformer.simulation import _draw, prior_bounds, simulate_at
+from skformer._utils import check_fits_in_memory, seed_from, warn
+from skformer.simulation import _draw, check_parallel, prior_bounds, simulate_at
 
 __all__ = ["Round", "RoundsResult", "rounds"]
 
@@ -44,6 +44,8 @@ N_PILOT = 8
 MODEL_PARAMS = ("variables", "method", "sde", "dynamics_options", "tokens", "d_model",
                 "n_layers", "n_heads", "bounds")
 """Parameters that describe the model: a warm-started fit cannot change them."""
+SET_BY_ROUNDS = ("warm_start",)
+"""Parameters that rounds sets itself on every fit (``refit`` decides them)."""
 
 
 @dataclass
@@ -301,6 +303,7 @@ def rounds(estimator, simulator, prior, observed, n_rounds: int = 5,
                 box_margin, n_posterior_samples, refit)
     if not callable(simulator):
         raise TypeError(f"simulator must be callable, got {type(simulator).__name__}.")
+    check_parallel(n_jobs, chunk_size)
     est = clone(estimator)
     _check_warm_params(est, warm_params, refit)
     x_o = _observation(observed)
@@ -311,8 +314,14 @@ def rounds(estimator, simulator, prior, observed, n_rounds: int = 5,
     pilot_theta = _draw(prior, min(N_PILOT, simulations_per_round), pilot_draw)
     n_theta = state.n_theta = pilot_theta.shape[1]
     initial = _check_initial(initial, n_theta, x_o.size)
+    n_columns = n_theta + x_o.size
+    check_fits_in_memory(
+        max(n_rounds * simulations_per_round, n_posterior_samples) * n_columns * 32,
+        "cpu", f"n_rounds={n_rounds} of simulations_per_round="
+        f"{simulations_per_round:,} (n_posterior_samples={n_posterior_samples:,}) over "
+        f"{n_columns} columns")
     est = _prepare(est, n_theta, x_o.size, prior)
-    est._check_before_fit(n_theta + x_o.size)
+    _check_settings(est, warm_params, n_columns)
     own = {k: v for k, v in est.get_params().items() if k in (warm_params or {})}
     settings = (n_posterior_samples, x_o, truncation, quantile, box_margin)
     bar = None
@@ -363,6 +372,7 @@ def rounds(estimator, simulator, prior, observed, n_rounds: int = 5,
                 bar.set_postfix(accept=f"{acceptance:.3g}", val=f"{record.validation_loss:.4f}")
                 bar.update(1)
     except BaseException as error:
+        state.pending.extend(getattr(error, "simulated", []))  # finished chunks of the round
         if state.X is not None or state.pending:
             partial = state.result(est)
             error.rounds_result = partial
@@ -455,6 +465,8 @@ class _State:
 
 def _observation(observed) -> np.ndarray:
     """``observed`` as a non-empty float64 vector of finite values."""
+    if np.iscomplexobj(observed):
+        raise ValueError("observed holds complex numbers; simulations are real.")
     try:
         x_o = np.asarray(observed, dtype=np.float64).ravel()
     except (TypeError, ValueError) as err:
@@ -465,8 +477,8 @@ def _observation(observed) -> np.ndarray:
 
 
 def _check_warm_params(est, warm_params, refit) -> None:
-    """``warm_params`` name training parameters of ``est`` with valid values (whether or not
-    a warm round will run)."""
+    """``warm_params`` name training parameters of ``est`` (their values are checked with
+    the columns, by :func:`_check_settings`), whether or not a warm round will run."""
     if warm_params is None:
         return
     if not isinstance(warm_params, dict):
@@ -483,17 +495,29 @@ def _check_warm_params(est, warm_params, refit) -> None:
     if model:
         raise ValueError(f"warm_params may not change {model}: they describe the model, "
                          "which a warm-started fit continues. Set them on the estimator.")
-    trial = clone(est).set_params(**warm_params)
-    try:
-        trial._validate_params()
-    except (ValueError, TypeError) as err:
-        raise ValueError(f"warm_params: {err}") from err
+    own = sorted(set(warm_params) & set(SET_BY_ROUNDS))
+    if own:
+        raise ValueError(f"warm_params may not set {own}: rounds sets it on every fit "
+                         "(refit chooses which fits start afresh).")
+
+
+def _check_settings(est, warm_params, n_columns: int) -> None:
+    """The estimator's parameters, and with ``warm_params`` set, pass every check of ``fit``
+    for ``n_columns`` columns."""
+    est._check_before_fit(n_columns)
+    if warm_params:
+        try:
+            clone(est).set_params(**warm_params)._check_before_fit(n_columns)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"warm_params: {err}") from err
 
 
 def _check_initial(initial, n_theta: int, n_x: int) -> np.ndarray | None:
     """``initial`` as float64 rows of ``n_theta + n_x`` columns with finite parameters."""
     if initial is None:
         return None
+    if np.iscomplexobj(initial):
+        raise ValueError("initial holds complex numbers; simulations are real.")
     try:
         rows = np.asarray(initial, dtype=np.float64)
     except (TypeError, ValueError) as err:
@@ -530,7 +554,8 @@ def _first_round(initial, prior, n, propose_seed, simulator, simulate_seed, pilo
         n_theta = pilot_theta.shape[1]
         theta = np.vstack([initial[:, :n_theta], pilot_theta])
         return theta, "prior", 1.0, np.vstack([initial[:, n_theta:], pilot_x])
-    theta = np.vstack([pilot_theta, _draw(prior, n - len(pilot_theta), propose_seed)]) \
+    theta = np.vstack([pilot_theta, _draw(prior, n - len(pilot_theta), propose_seed,
+                                          pilot_theta.shape[1])]) \
         if n > len(pilot_theta) else pilot_theta
     x = pilot_x
     if n > len(pilot_theta):
@@ -607,7 +632,7 @@ def _rejection(prior, n, region, kind, seed, min_acceptance, batch=None):
     accepted, tried, k = [], 0, 0
     limit = max(10_000, int(np.ceil(n / min_acceptance)))
     while sum(len(a) for a in accepted) < n:
-        theta = _draw(prior, batch, seed.spawn(1)[0])
+        theta = _draw(prior, batch, seed.spawn(1)[0], len(low))
         k += 1
         tried += batch
         inside = theta[np.all((theta >= low) & (theta <= high), axis=1)]

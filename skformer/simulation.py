@@ -93,8 +93,7 @@ def simulate(simulator: Callable, prior, n_simulations: int, *, n_jobs: int | No
     """
     if not isinstance(n_simulations, Integral) or n_simulations < 1:
         raise ValueError(f"n_simulations must be a positive int, got {n_simulations!r}.")
-    if not isinstance(chunk_size, Integral) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}.")
+    check_parallel(n_jobs, chunk_size)
     if on_failure not in ON_FAILURE:
         raise ValueError(f"on_failure must be one of {ON_FAILURE}, got {on_failure!r}.")
     if not callable(simulator):
@@ -107,14 +106,28 @@ def simulate(simulator: Callable, prior, n_simulations: int, *, n_jobs: int | No
     return _finish(theta, x, raised, on_failure)
 
 
+def check_parallel(n_jobs, chunk_size) -> None:
+    """``n_jobs`` None or a non-zero int (as joblib takes it), ``chunk_size`` a positive int."""
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, Integral) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}.")
+    if n_jobs is not None and (isinstance(n_jobs, bool) or not isinstance(n_jobs, Integral)
+                               or n_jobs == 0):
+        raise ValueError(f"n_jobs must be None or a non-zero int (-1: all cores), got "
+                         f"{n_jobs!r}.")
+
+
 def simulate_at(simulator: Callable, theta: np.ndarray, seed: np.random.SeedSequence, *,
                 n_jobs: int | None = None, chunk_size: int = 1000, strict: bool = False,
                 verbose: int = 0) -> tuple[np.ndarray, int]:
     """Run ``simulator`` on given parameters ``theta`` (n, n_theta) in seeded chunks, as
     :func:`simulate` does after its prior draw; return ``x`` (n, n_x), NaN where a simulation
     raised or returned non-finite values, and the number of simulations that raised.
-    ``strict``: the first simulation that raises raises."""
+    ``strict``: the first simulation that raises raises. An error or interruption while the
+    chunks run carries the finished ones as its ``simulated`` attribute: ``(theta, x)`` per
+    chunk. Never more workers than chunks."""
     n_chunks = math.ceil(len(theta) / chunk_size)
+    if n_jobs is not None and n_jobs > n_chunks:
+        n_jobs = n_chunks  # a worker per chunk at most: idle ones only cost their start
     seeds = seed.spawn(n_chunks)
     jobs = (joblib.delayed(_run_chunk)(simulator, theta[i * chunk_size:(i + 1) * chunk_size],
                                        seeds[i], strict, i * chunk_size)
@@ -125,6 +138,12 @@ def simulate_at(simulator: Callable, theta: np.ndarray, seed: np.random.SeedSequ
         from tqdm.auto import tqdm
         bar = tqdm(total=len(theta), desc="simulating", unit="sim")
     pieces, raised, first = [], 0, None
+
+    def finished() -> list[tuple[np.ndarray, np.ndarray]]:
+        """The chunks that returned values, (theta, x) each, for a caller that keeps them."""
+        return [(theta[i * chunk_size:(i + 1) * chunk_size], x)
+                for i, x in enumerate(pieces) if x.shape[1]]
+
     try:
         for i, (x, n_raised, error) in enumerate(results):
             pieces.append(x)
@@ -132,12 +151,17 @@ def simulate_at(simulator: Callable, theta: np.ndarray, seed: np.random.SeedSequ
             first = first or error
             if bar is not None:
                 bar.update(min(chunk_size, len(theta) - i * chunk_size))
+    except BaseException as error:
+        error.simulated = finished()
+        raise
     finally:
         if bar is not None:
             bar.close()
     widths = {p.shape[1] for p in pieces if p.shape[1]}
     if len(widths) > 1:
-        raise ValueError(f"the simulator returned different widths of x: {sorted(widths)}.")
+        error = ValueError(f"the simulator returned different widths of x: {sorted(widths)}.")
+        error.simulated = finished()
+        raise error
     if not widths:
         raise RuntimeError(f"every one of the {len(theta)} simulations raised; the first "
                            f"error: {first!r} (its traceback is this error's cause).") from first
@@ -169,8 +193,9 @@ def _finish(theta: np.ndarray, x: np.ndarray, raised: int, on_failure: str) -> n
     return np.hstack([theta, x])
 
 
-def _draw(prior, n: int, seed: np.random.SeedSequence) -> np.ndarray:
-    """n draws from ``prior`` as a float64 array of shape (n, n_theta)."""
+def _draw(prior, n: int, seed: np.random.SeedSequence, width: int | None = None) -> np.ndarray:
+    """n draws from ``prior`` as a float64 array of shape (n, n_theta); ``width``: the n_theta
+    that earlier draws had."""
     if hasattr(prior, "sample") and not callable(getattr(prior, "rvs", None)):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int_seed(seed))
@@ -182,11 +207,23 @@ def _draw(prior, n: int, seed: np.random.SeedSequence) -> np.ndarray:
     else:
         raise TypeError("prior must have sample(shape) (torch), rvs(size, random_state) "
                         f"(scipy) or be a callable prior(n, rng); got {type(prior).__name__}.")
-    theta = np.asarray(draws.detach().cpu() if isinstance(draws, torch.Tensor) else draws,
-                       dtype=np.float64)
-    theta = theta.reshape(n, -1) if theta.ndim != 2 else theta
-    if theta.shape[0] != n:
-        raise ValueError(f"the prior returned {theta.shape[0]} draws; {n} were asked for.")
+    draws = draws.detach().cpu().numpy() if isinstance(draws, torch.Tensor) else draws
+    if np.iscomplexobj(draws):
+        raise ValueError("the prior returned complex numbers; parameters are real.")
+    try:
+        theta = np.asarray(draws, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"the prior returned {type(draws).__name__} {_short(draws)}, which is "
+                         f"not an array of numbers of shape ({n}, n_theta).") from err
+    if theta.ndim == 0 or theta.shape[0] != n:
+        raise ValueError(f"the prior returned shape {theta.shape} for {n} draws; it must "
+                         f"return ({n}, n_theta).")
+    theta = theta.reshape(n, -1)
+    if theta.shape[1] == 0:
+        raise ValueError(f"the prior returned shape {theta.shape}: no parameters per draw.")
+    if width is not None and theta.shape[1] != width:
+        raise ValueError(f"the prior returned {theta.shape[1]} parameters per draw; its "
+                         f"earlier draws had {width}.")
     if not np.isfinite(theta).all():
         raise ValueError("the prior returned non-finite parameters.")
     return theta
@@ -262,6 +299,9 @@ def _call(simulator: Callable, theta: np.ndarray, seed: np.random.SeedSequence) 
             np.random.set_state(state)
     if isinstance(out, torch.Tensor):
         out = out.detach().cpu().numpy()
+    if np.iscomplexobj(out):
+        raise _BadOutput("the simulator returned complex numbers; simulations are real (split "
+                         "them into real and imaginary parts).")
     try:
         out = np.asarray(out, dtype=np.float64)
     except (TypeError, ValueError) as err:
@@ -272,6 +312,9 @@ def _call(simulator: Callable, theta: np.ndarray, seed: np.random.SeedSequence) 
     if out.ndim == 0 or out.shape[0] != len(theta):
         raise _BadOutput(f"the simulator returned shape {out.shape} for {len(theta)} "
                          "parameter sets; it must return one simulation per row.")
+    if out.size == 0:
+        raise _BadOutput(f"the simulator returned shape {out.shape}: no values per "
+                         "simulation.")
     return out.reshape(len(theta), -1)
 
 

@@ -103,6 +103,17 @@ def test_observed_and_density_values_the_network_cannot_take_are_refused(fitted_
     assert np.isfinite(samples).all()
 
 
+def test_complex_numbers_are_refused_not_cast(fitted_curves):
+    """numpy casts complex to float with a ComplexWarning, dropping the imaginary part."""
+    with pytest.raises(ValueError, match=r"positions\['x'\] holds complex"):
+        fitted_curves.condition(["x"], positions={"x": np.array([0.1, 0.5]) + 1j})
+    post = fitted_curves.condition(["x"], positions={"x": [0.1, 0.5]})
+    with pytest.raises(ValueError, match="observed holds complex"):
+        post.sample(2, observed=np.array([0.1, 0.2]) + 0j)
+    with pytest.raises(ValueError, match="values holds complex"):
+        post.log_prob(torch.tensor([[0.1 + 1j]]), observed=[0.1, 0.2])
+
+
 def test_a_training_range_near_float64s_limits_standardises_finitely():
     """Positions spanning about -1.4e308..1.4e308: the range's width overflows float64, its
     halves do not; the model trains and samples finite values."""
@@ -112,7 +123,9 @@ def test_a_training_range_near_float64s_limits_standardises_finitely():
     est = quiet_fit(positional(), X, positions={"x": t})
     z = est.model_.positions.standard(1, torch.as_tensor(t[:3, :, None]))
     assert torch.isfinite(z).all() and z.abs().max() <= 1
-    post = est.condition(["x"], positions={"x": [0.0, 1e308]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nor numpy's overflow warnings on the way
+        post = est.condition(["x"], positions={"x": [0.0, 1e308]})
     assert np.isfinite(post.sample(5, observed=[0.1, 0.2], random_state=0)).all()
 
 
@@ -150,6 +163,30 @@ def test_attention_is_cut_into_calls_within_the_memory_limit(fitted_curves, monk
     monkeypatch.setattr(skformer.model, "MAX_ATTENTION_BYTES", row // 2)
     with pytest.raises(ValueError, match="has 400 tokens"):
         fitted_curves.condition([False] + [True] * 399, positions={"x": t})
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda est, post: post.sample(10**12, observed=np.zeros(K)), "n_samples=1,000,000,000,000"),
+    (lambda est, post: post.sample(10**8, observed=np.zeros((10**5, K))), "100,000 observ"),
+    (lambda est, post: post.map(np.zeros(K), n_init=10**13), "n_init"),
+    (lambda est, post: post.sample(3, observed=np.zeros(K), steps=10**12), "steps must be at most"),
+    (lambda est, post: post.log_prob([[0.0]], np.zeros(K), steps=10**9), "steps must be at most"),
+])
+def test_sample_sizes_no_machine_holds_are_refused_naming_the_argument(fitted_curves, call,
+                                                                       name):
+    """They ended in the allocator's RuntimeError ("can't allocate memory")."""
+    post = fitted_curves.condition(["x"], positions={"x": np.linspace(0, 1, K)})
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=name):
+        call(fitted_curves, post)
+    assert time.perf_counter() - start < 2
+
+
+def test_rounds_refuse_a_budget_no_machine_holds_before_simulating():
+    sim = Counting()
+    with pytest.raises(ValueError, match="simulations_per_round=10,000,000,000,000"):
+        tiny_rounds(sim, simulations_per_round=10**13)
+    assert sim.n == 0
 
 
 def test_bounds_that_exclude_every_training_row_fail_fast():
@@ -226,12 +263,13 @@ class Counting:
 
 
 def tiny_rounds(simulator, observed=(0.5,), **kw):
+    draw = kw.pop("prior", prior)
     est = kw.pop("estimator", None) or SimformerEstimator(
         **{**TINY, "d_model": 16, "n_layers": 1}, max_epochs=1, random_state=0, device="cpu")
     args = dict(n_rounds=2, simulations_per_round=100, truncation="box",
                 n_posterior_samples=100, random_state=0, verbose=0)
     args.update(kw)
-    return rounds(est, simulator, prior, observed, **args)
+    return rounds(est, simulator, draw, observed, **args)
 
 
 @pytest.mark.parametrize("kw, match", [
@@ -239,6 +277,10 @@ def tiny_rounds(simulator, observed=(0.5,), **kw):
     (dict(warm_params={"d_model": 8}), "may not change"),
     (dict(warm_params={"learning_rate": -1.0}), "warm_params: .*learning_rate"),
     (dict(n_rounds=1, warm_params={"learnin_rate": 1e-3}), "learnin_rate"),  # no warm round
+    (dict(n_rounds=2, warm_params={"training_options": {"bad": 1}}), "warm_params: .*bad"),
+    (dict(warm_params={"training_options": {"ema_decay": 2.0}}), "warm_params: .*ema_decay"),
+    (dict(warm_params={"warm_start": False}), "may not set"),
+    (dict(estimator=SimformerEstimator(dynamics_options={"bad": 1})), "does not take"),
     (dict(initial=np.zeros((20, 3))), r"initial must have shape \(n, 2\)"),
     (dict(initial=[["a", "b"]]), "initial must be an array of numbers"),
     (dict(initial=np.full((5, 2), np.nan)), "non-finite parameters"),
@@ -248,6 +290,9 @@ def tiny_rounds(simulator, observed=(0.5,), **kw):
     (dict(estimator=SimformerEstimator(training_options={"ema": 0.9})), "does not take"),
     (dict(estimator=SimformerEstimator(variables=[1, 1, 1])), "sum to the number of columns"),
     (dict(observed=["a"]), "observed must be a vector of numbers"),
+    (dict(chunk_size=0), "chunk_size must be a positive int"),
+    (dict(chunk_size=-1), "chunk_size"),
+    (dict(n_jobs=0), "n_jobs must be None or a non-zero int"),
 ])
 def test_rounds_refuse_bad_arguments_before_simulating(kw, match):
     sim = Counting()
@@ -326,14 +371,19 @@ def test_a_simulator_that_always_raises_is_reported_with_its_own_error():
     assert isinstance(info.value.__cause__, SimulatorBroke)
 
 
-@pytest.mark.parametrize("output", ["abc", {"x": 1}, None])
-def test_a_simulator_that_returns_no_numbers_is_a_bad_output_not_a_failure(output):
+@pytest.mark.parametrize("output, match", [
+    ("abc", "not an array of numbers"), ({"x": 1}, "not an array of numbers"),
+    (None, "not an array of numbers"), ("empty", "no values per simulation"),
+])
+def test_a_simulator_that_returns_no_numbers_is_a_bad_output_not_a_failure(output, match):
     def sim(theta):
+        if output == "empty":
+            return np.empty((len(theta), 0))
         return output if output is not None else [["a"]] * len(theta)
 
-    with pytest.raises(ValueError, match="the simulator returned .* not an array of numbers"):
+    with pytest.raises(ValueError, match=f"the simulator returned .*{match}"):
         simulate(sim, prior, 20, random_state=0)
-    with pytest.raises(ValueError, match="not an array of numbers") as info:
+    with pytest.raises(ValueError, match=match) as info:
         tiny_rounds(lambda theta, rng: sim(theta))
     assert not hasattr(info.value, "rounds_result")  # nothing usable ran
 
@@ -422,3 +472,172 @@ def test_a_one_row_chunk_with_its_own_positions_is_taken():
     with pytest.raises(ValueError, match=r"\(1, 5\) or \(1, 5, dim\) one set per row; got "
                                          r"shape \(1, 4\)"):
         est.partial_fit(X[:1], positions={"x": t[:1, :4]})
+
+
+# ------------------------------------------------ second probe: what a fresh probe still found
+@pytest.mark.parametrize("variables", [[[0, 2], [1, 3]], {"a": [1], "b": [0], "c": [2, 3]},
+                                       {"a": 3, "b": 1, "c": 2, "d": 0}])
+def test_columns_out_of_order_save_and_load_in_every_format(variables, tmp_path):
+    """One token per column, variables not in column order: the .skf loader compared the
+    tokens' order (variable by variable) with the network's (column by column) and refused."""
+    X = np.random.default_rng(0).normal(size=(100, 4))
+    est = quiet_fit(SimformerEstimator(**TINY, max_epochs=1, device="cpu", random_state=0,
+                                       variables=variables), X)
+    save(est, tmp_path / "m.skf")
+    joblib.dump(est, tmp_path / "m.joblib")
+    for back in (load(tmp_path / "m.skf"), joblib.load(tmp_path / "m.joblib"),
+                 pickle.loads(pickle.dumps(est))):
+        np.testing.assert_array_equal(back.sample(3, random_state=0),
+                                      est.sample(3, random_state=0))
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(bounds={0: (1.0, -1.0)}), "need low < high"),
+    (dict(sampling_steps=0), "sampling_steps"),
+    (dict(variables=[1, 1, 1, 1]), "do not lay out"),
+    (dict(d_model=64), "do not describe the model"),
+])
+def test_save_refuses_what_load_would_refuse_and_writes_nothing(change, match, tmp_path):
+    X = np.random.default_rng(0).normal(size=(100, 3))
+    est = quiet_fit(SimformerEstimator(**TINY, max_epochs=1, device="cpu", random_state=0), X)
+    est.set_params(**change)
+    with pytest.raises(ValueError, match=f"save\\(\\) refuses .*{match}"):
+        save(est, tmp_path / "m.skf")
+    assert not (tmp_path / "m.skf").exists()
+
+
+def test_an_interrupted_round_keeps_its_finished_chunks():
+    """chunk_size=10: the pilot, then round 0's chunks; the 4th call (round 0's 3rd chunk) is
+    interrupted: the pilot and round 0's two finished chunks are in pending."""
+    class Interrupted(Counting):
+        calls = 0
+
+        def __call__(self, theta, rng):
+            Interrupted.calls += 1
+            if Interrupted.calls == 4:
+                raise KeyboardInterrupt
+            return super().__call__(theta, rng)
+
+    with pytest.raises(KeyboardInterrupt) as info:
+        tiny_rounds(Interrupted(), chunk_size=10)
+    pending = info.value.rounds_result.pending
+    assert [len(theta) for theta, _ in pending] == [N_PILOT, 10, 10]
+    for theta, x in pending:
+        np.testing.assert_allclose(x, theta, atol=6 * 0.3)
+
+
+def test_no_more_workers_than_chunks(monkeypatch):
+    import skformer.simulation as simulation
+
+    asked = []
+    real = simulation.joblib.Parallel
+
+    def parallel(n_jobs=None, **kw):
+        asked.append(n_jobs)
+        return real(n_jobs=1, **kw)
+
+    monkeypatch.setattr(simulation.joblib, "Parallel", parallel)
+    simulate(Counting(), prior, 30, n_jobs=64, chunk_size=10, random_state=0)
+    assert asked == [3]
+
+
+@pytest.mark.parametrize("bad_prior, match", [
+    (lambda n, rng: 1.0, r"the prior returned shape \(\) for"),
+    (lambda n, rng: np.full((n, 1), "a"), "not an array of numbers"),
+    (lambda n, rng: np.empty((n, 0)), "no parameters per draw"),
+    (lambda n, rng: rng.normal(size=(n, 1)) + 1j, "the prior returned complex"),
+])
+def test_a_bad_prior_is_named(bad_prior, match):
+    sim = Counting()
+    with pytest.raises(ValueError, match=match):
+        rounds(SimformerEstimator(), sim, bad_prior, [0.5], n_rounds=2, verbose=0)
+    assert sim.n == 0
+
+
+def test_a_prior_whose_width_changes_is_named_and_its_simulations_kept():
+    def changing(n, rng):
+        changing.calls += 1
+        return rng.normal(size=(n, 1 if changing.calls <= 2 else 2))
+
+    changing.calls = 0
+    with pytest.raises(ValueError, match="the prior returned 2 parameters per draw; its "
+                                         "earlier draws had 1") as info:
+        tiny_rounds(Counting(), n_rounds=2, prior=changing)
+    kept = info.value.rounds_result
+    assert len(kept.X) == 100 and len(kept.history) == 1
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(random_state=-1), "random_state must be a non-negative int"),
+    (dict(initial=np.zeros((5, 2)) + 1j), "initial holds complex"),
+    (dict(observed=[0.5 + 1j]), "observed holds complex"),
+])
+def test_more_rounds_arguments_refused_before_simulating(kw, match):
+    sim = Counting()
+    with pytest.raises(ValueError, match=match):
+        tiny_rounds(sim, **kw)
+    assert sim.n == 0
+
+
+def test_a_simulator_returning_complex_numbers_is_a_bad_output():
+    with pytest.raises(ValueError, match="the simulator returned complex"):
+        tiny_rounds(Counting(output=np.zeros((8, 1)) + 1j))
+
+
+def test_masked_positions_are_absent_readings_and_dates_are_refused():
+    X, t = curves(200)
+    masked = np.ma.masked_array(t, mask=t > 0.9)
+    a = quiet_fit(positional(), X, positions={"x": masked})
+    b = quiet_fit(positional(), X, positions={"x": np.where(t > 0.9, np.nan, t)})
+    assert same_weights(weights(a), weights(b))
+    c = quiet_fit(positional(), X, positions={"x": t})
+    assert not same_weights(weights(a), weights(c))
+    days = np.datetime64("2026-01-01") + np.arange(K).astype("timedelta64[D]")
+    with pytest.raises(ValueError, match="dates or time spans; give numbers"):
+        positional().fit(X, positions={"x": days})
+    with pytest.raises(ValueError, match="dates or time spans"):
+        positional().fit(X, positions={"x": np.arange(K).astype("timedelta64[s]")})
+
+
+@pytest.mark.parametrize("variables, match", [
+    ([True, True, True, True], "booleans"),
+    ([[0.0, 1.0], [2.0, 3.0]], "integers, in order"),
+    ([[True, False], [2, 3]], "integers, in order"),
+    ({"t": {0, 1}, "x": [2, 3]}, r"variables\['t'\] must be a size or a list"),
+])
+def test_variables_of_the_wrong_kind_are_refused(variables, match):
+    with pytest.raises(ValueError, match=match):
+        SimformerEstimator(variables=variables).fit(np.zeros((10, 4)))
+
+
+def test_variables_by_name_and_index_in_one_list_keep_the_index():
+    pd = pytest.importorskip("pandas")
+    df = pd.DataFrame(np.random.default_rng(0).normal(size=(50, 3)), columns=["a", "b", "c"])
+    est = quiet_fit(SimformerEstimator(**TINY, max_epochs=1, device="cpu",
+                                       variables={"t": ["a", 1], "x": ["c"]}), df)
+    assert est.layout_.groups == ((0, 1), (2,))
+
+
+def test_a_warm_fit_refuses_positions_the_model_cannot_take_and_changes_nothing(fitted_curves):
+    X, t = curves(100, seed=2)
+    est = pickle.loads(pickle.dumps(fitted_curves)).set_params(warm_start=True)
+    before = weights(est)
+    with pytest.raises(ValueError, match="positions of 'x' lie so far outside"):
+        est.fit(X, positions={"x": t * 1e14})
+    with pytest.raises(ValueError, match="positions of 'x' lie so far outside"):
+        est.partial_fit(X, positions={"x": t * 1e14})
+    assert same_weights(weights(est), before) and est.n_iter_ == fitted_curves.n_iter_
+
+
+def test_a_warm_fit_refuses_rows_far_outside_the_models_units_and_changes_nothing(
+        fitted_curves):
+    """Rows 1e20 times the first fit's scale only warned that training diverged, and appended
+    NaN to the loss curves."""
+    X, t = curves(100, seed=2)
+    est = pickle.loads(pickle.dumps(fitted_curves)).set_params(warm_start=True)
+    before, curve = weights(est), list(est.loss_curve_)
+    with pytest.raises(ValueError, match="X holds values more than 1e\\+12 standard deviations"):
+        est.fit(X * 1e20, positions={"x": t})
+    with pytest.raises(ValueError, match="X holds values more than"):
+        est.partial_fit(X * 1e20, positions={"x": t})
+    assert same_weights(weights(est), before) and est.loss_curve_ == curve
