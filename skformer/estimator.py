@@ -27,6 +27,7 @@ from skformer._legacy import pickle_state_to_description
 from skformer._utils import (
     MAX_STANDARD_UNITS,
     FitSeeds,
+    check_fits_in_memory,
     fit_seeds,
     resolve_device,
     to_numpy,
@@ -604,6 +605,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         self.batch_size_ = self._resolve_batch_size(x_train.shape[0], device)
         if group is not None:  # the same batch in all, split over the ranks
             self.batch_size_ = max(1, self.batch_size_ // group.world)
+        _check_step_memory(model, min(self.batch_size_, x_train.shape[0]), device)
         config = self._train_config(model)
         model.marginal_fraction = config.marginal_fraction
         network, result = train(model.network, model.dynamics, x_train, x_val, masks,
@@ -756,6 +758,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
             model.positions.widen(table)
         if not first:
             _check_new_rows(model, X)
+        _check_step_memory(model, min(trainer.config.batch_size, X.shape[0]), model.device)
         model.marginal_fraction = trainer.config.marginal_fraction
         self._note_missing(model, X, keep=not first)
         p = None if P is None else model.positions.columns(
@@ -1260,6 +1263,17 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         restored = type(self)._from_description(state["description"], state["tensors"],
                                                 validate=False)
         self.__dict__.update(restored.__dict__)
+
+
+def _check_step_memory(model: SimformerModel, rows: int, device: torch.device) -> None:
+    """Refuse a training step whose attention alone (every layer's, kept for the backward
+    pass) is more than the device holds: the allocator's error comes after minutes of setup
+    and names nothing a user set."""
+    T = model.network.n_token_slots
+    check_fits_in_memory(
+        model.attention_bytes(rows, backward=True), device,
+        f"a training step of {rows} rows (batch_size) over {T} tokens (columns; tokens=k "
+        "carries several per token)")
 
 
 def _check_new_rows(model: SimformerModel, X: np.ndarray) -> None:

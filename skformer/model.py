@@ -230,13 +230,19 @@ class SimformerModel(nn.Module):
         T = getattr(self.network, "n_token_slots", self.n_columns)
         return 2 * 4 * self._net_size("n_heads") * T * T
 
+    def attention_bytes(self, rows: int, backward: bool = False) -> int:
+        """Memory of the attention of ``rows`` rows in one call: one layer's, or every
+        layer's when a backward pass keeps them (training, log densities)."""
+        return rows * self._attention_row_bytes() * (
+            self._net_size("n_layers") if backward else 1)
+
     def check_attention(self, copies: int = 1, backward: bool = False,
                         what: str = "this conditional") -> None:
         """Refuse work whose attention for a single row (``copies`` rows with a backward
         pass through every layer: a log density's divergence) exceeds
         :data:`MAX_ATTENTION_BYTES`, naming the tokens and the memory it would take."""
         layers = self._net_size("n_layers") if backward else 1
-        need = self._attention_row_bytes() * copies * layers
+        need = self.attention_bytes(copies, backward)
         if need > MAX_ATTENTION_BYTES:
             T = getattr(self.network, "n_token_slots", self.n_columns)
             extra = (f" x {copies} copies (one per latent column: divergence='hutchinson' "

@@ -182,6 +182,21 @@ def test_sample_sizes_no_machine_holds_are_refused_naming_the_argument(fitted_cu
     assert time.perf_counter() - start < 2
 
 
+def test_a_training_step_no_machine_holds_is_refused_before_training():
+    """20,000 columns, one token each: a step of 64 rows would keep about 800 GB of attention
+    for its backward pass. Refused naming batch_size and the tokens, in seconds."""
+    X = np.random.default_rng(0).normal(size=(80, 20_000))
+    est = SimformerEstimator(**{**TINY, "batch_size": 64}, max_epochs=1, device="cpu")
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"a training step of 64 rows \(batch_size\) over "
+                                         r"20000 tokens .* GB"):
+        est.fit(X)
+    assert time.perf_counter() - start < 20 and "model_" not in est.__dict__
+    with pytest.raises(ValueError, match="a training step of 64 rows"):
+        est.partial_fit(X)
+    assert "model_" not in est.__dict__
+
+
 def test_rounds_refuse_a_budget_no_machine_holds_before_simulating():
     sim = Counting()
     with pytest.raises(ValueError, match="simulations_per_round=10,000,000,000,000"):
