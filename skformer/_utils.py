@@ -44,6 +44,9 @@ __all__ = [
 DTYPE = torch.float32
 """The dtype of the network and of everything it sees."""
 
+MAX_THREADS = 1024
+"""Most torch threads ``n_threads`` may ask for (OpenMP crashed the interpreter at 100,000)."""
+
 MAX_STANDARD_UNITS = 1e12
 """Largest magnitude, in standard units, of an input the network is given (observed values,
 latent values of a density, positions). Its layer norms square their inputs in float32, so
@@ -109,6 +112,9 @@ def torch_threads(n: int | None) -> Iterator[None]:
     if n is None:
         yield
         return
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= MAX_THREADS:
+        # checked here too: set_params after a fit skips fit's validation
+        raise ValueError(f"n_threads must be None or an int in [1, {MAX_THREADS}]; got {n!r}.")
     before = torch.get_num_threads()
     torch.set_num_threads(int(n))
     try:
@@ -227,6 +233,8 @@ def as_float_tensor(values, device: torch.device, dtype: torch.dtype = DTYPE,
         return values.detach().to(device=device, dtype=dtype).clone()
     if hasattr(values, "to_numpy"):
         values = values.to_numpy()
+    if np.ma.isMaskedArray(values):  # a masked entry is one not there (NaN)
+        values = np.ma.filled(values.astype(np.float64), np.nan)
     if np.iscomplexobj(values):
         raise ValueError(f"{name} holds complex numbers; skformer takes real ones.")
     # a fresh, contiguous, writeable copy: negative strides and read-only memmaps are fine

@@ -134,18 +134,36 @@ class Simformer:
         ``condition_masks`` / ``edge_masks``, when given, set the training-time masks (see
         :class:`~skformer.SimformerEstimator`). Returns self.
         """
-        t = torch.as_tensor(inputs).detach()
+        try:
+            t = torch.as_tensor(inputs).detach()
+        except (RuntimeError, TypeError, ValueError) as err:
+            raise ValueError(f"inputs must be a tensor or array of numbers of shape (n, "
+                             f"n_variables[, n_features]); got {type(inputs).__name__}.") from err
+        if t.ndim not in (2, 3) or t.shape[0] == 0:
+            raise ValueError(f"inputs must have shape (n, n_variables) or (n, n_variables, "
+                             f"n_features) with n >= 1; got {tuple(t.shape)}.")
         if self._inputs and t.shape[1:] != self._inputs[0].shape[1:]:
             raise ValueError(
                 f"inputs of shape {tuple(t.shape)} do not match earlier simulations "
                 f"(n, {', '.join(map(str, self._inputs[0].shape[1:]))})."
             )
+        masks = {k: v for k, v in (("condition_masks", condition_masks),
+                                    ("edge_masks", edge_masks)) if v is not None}
+        self._set_checked(masks)
         self._inputs.append(t.cpu())
-        if condition_masks is not None:
-            self.estimator.set_params(condition_masks=condition_masks)
-        if edge_masks is not None:
-            self.estimator.set_params(edge_masks=edge_masks)
         return self
+
+    def _set_checked(self, params: dict) -> dict:
+        """``set_params(**params)`` on the estimator, validated; on a refusal the parameters
+        are put back and the error raised. Returns the parameters as they were."""
+        before = self.estimator.get_params(deep=False)
+        try:
+            self.estimator.set_params(**params)
+            self.estimator._validate_params()
+        except Exception:
+            self.estimator.set_params(**before)
+            raise
+        return before
 
     def train(self, max_num_epochs: int | None = None, training_batch_size: int | None = None,
               learning_rate: float | None = None, validation_fraction: float | None = None,
@@ -160,11 +178,15 @@ class Simformer:
                             ("n_iter_no_change", stop_after_epochs)]:
             if value is not None:
                 params[name] = value
-        self.estimator.set_params(**params, **kwargs)
+        before = self._set_checked({**params, **kwargs})
         X = torch.cat(self._inputs)
         if X.ndim == 2:
             X = X[:, :, None]
-        self.estimator.fit(X)
+        try:
+            self.estimator.fit(X)
+        except Exception:  # a refused fit changes nothing: its parameters neither
+            self.estimator.set_params(**before)
+            raise
         if show_train_summary:
             est = self.estimator
             print(  # noqa: T201 -- asked for by the caller

@@ -417,7 +417,12 @@ class Conditional:
         zero = torch.zeros(m.n_columns, device=m.device)
         support = self._support(zero, torch.ones_like(zero))  # sample_iid gives data units
         x = draw(n_samples) if support is None else sample_satisfying(draw, support, n_samples)
-        return self._clip(to_numpy(x[:, self._returned]))
+        out = to_numpy(x[:, self._returned])
+        if not np.isfinite(out).all():
+            cause = ("the prior given (its score is not finite there: check its parameters)"
+                     if prior is not None else "the composition of the trials' scores")
+            raise ValueError(f"iid sampling gave non-finite values, from {cause}.")
+        return self._clip(out)
 
     def _iid_inputs(self, observed, constraints, prior, iid_method
                     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -526,7 +531,10 @@ class Conditional:
         v = self._values(values, obs.shape[0])
         m = self._model
         probes = None
-        if not (divergence == "exact" or (divergence == "auto" and self.n_latent <= 16)):
+        exact = divergence == "exact" or (divergence == "auto" and self.n_latent <= 16)
+        m.check_attention(self.n_latent if exact else n_probes, backward=True,
+                          what="this log density")
+        if not exact:
             gen = make_generator(seed_from(random_state), m.device)
             signs = torch.randint(0, 2, (n_probes, m.n_columns), generator=gen, device=m.device)
             probes = (2.0 * signs - 1.0) * (~self._condition).float()

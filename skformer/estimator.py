@@ -26,6 +26,7 @@ import skformer.distributed as distributed
 from skformer._legacy import pickle_state_to_description
 from skformer._utils import (
     MAX_STANDARD_UNITS,
+    MAX_THREADS,
     FitSeeds,
     check_fits_in_memory,
     fit_seeds,
@@ -276,7 +277,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         "log_prob_steps": [Interval(Integral, 2, MAX_STEPS, closed="both")],
         "device": [str, torch.device, HasMethods("type")],
         "random_state": ["random_state", np.random.Generator],
-        "n_threads": [None, Interval(Integral, 1, None, closed="left")],
+        "n_threads": [None, Interval(Integral, 1, MAX_THREADS, closed="both")],
         "marginal_fraction": [Interval(Real, 0, 1, closed="left")],
         "verbose": ["verbose"],
     }
@@ -382,6 +383,8 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         """2-D or 3-D X (numpy, torch, pandas) -> float64 array of shape (n_samples, n_columns)."""
         if isinstance(X, torch.Tensor):
             X = X.detach().cpu().numpy()
+        if np.ma.isMaskedArray(X):  # a masked entry is a missing one
+            X = np.ma.filled(X.astype(np.float64), np.nan)
         shape3 = None
         if getattr(X, "ndim", None) == 3:
             shape3 = tuple(X.shape[1:])
@@ -1235,8 +1238,17 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         if validate:
             est._validate_params()
         if "model" in description:
+            try:
+                device = resolve_device(est.device)
+            except ValueError as err:
+                if validate:
+                    raise
+                # a pickle holds what the estimator held: a device set after the fit that no
+                # machine has must not lose the model
+                warn(f"{err} The model loads on the CPU.", RuntimeWarning)
+                device = torch.device("cpu")
             est.model_ = SimformerModel.from_description(description["model"], dict(tensors),
-                                                         resolve_device(est.device))
+                                                         device)
             if validate:
                 _check_fitted(est, fitted)
         elif tensors:
@@ -1250,6 +1262,9 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         """The checks a loader makes of a fitted estimator's parameters against its model
         (``save`` runs them first, so that it never writes a file load refuses)."""
         self._validate_params()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # an unavailable GPU falls back; a malformed one not
+            resolve_device(self.device)
         _check_fitted(self, vars(self))
         _check_layout_agrees(self)
 
@@ -1310,6 +1325,8 @@ def _check_layout_agrees(est: SimformerEstimator) -> None:
     except ValueError as err:
         raise ValueError(f"the parameters do not lay out the model's {layout.n_columns} "
                          f"columns: {err}") from err
+    est._make_dynamics()  # dynamics_options and training_options as fit checks them
+    est._train_config(batch_size=1)
     if stated.groups != layout.groups or stated.names != layout.names:
         said = dict(zip(stated.names, stated.groups, strict=True))
         model = dict(zip(layout.names, layout.groups, strict=True))

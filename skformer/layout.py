@@ -211,13 +211,18 @@ class Layout:
 
     def variable_indexes(self, idx, what: str) -> list[int]:
         """Validate a list of variable indexes or names (e.g. ``posterior_latent``)."""
-        if isinstance(idx, (int, np.integer, str)):
+        if isinstance(idx, (int, np.integer, str, bool, np.bool_)):
             idx = [idx]
         try:
-            out = [self._variable_index(i, what) if isinstance(i, str) else int(i) for i in idx]
+            idx = list(idx)
         except TypeError as err:
             raise ValueError(f"{what} must be a list of variable indexes or names; got "
                              f"{idx!r}.") from err
+        if any(isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer, str))
+               for i in idx):
+            raise ValueError(f"{what} must be a list of variable indexes (integers) or names; "
+                             f"got {idx!r} (a boolean mask is not a list of indexes).")
+        out = [self._variable_index(i, what) if isinstance(i, str) else int(i) for i in idx]
         bad = [i for i in out if not -self.n_variables <= i < self.n_variables]
         if bad:
             raise ValueError(

@@ -20,7 +20,7 @@ import joblib
 import numpy as np
 import torch
 
-from skformer._utils import int_seed, seed_from, warn
+from skformer._utils import check_fits_in_memory, int_seed, seed_from, warn
 
 __all__ = ["simulate"]
 
@@ -94,6 +94,8 @@ def simulate(simulator: Callable, prior, n_simulations: int, *, n_jobs: int | No
     if not isinstance(n_simulations, Integral) or n_simulations < 1:
         raise ValueError(f"n_simulations must be a positive int, got {n_simulations!r}.")
     check_parallel(n_jobs, chunk_size)
+    check_fits_in_memory(int(n_simulations) * 16, "cpu",  # a theta and an x each, float64
+                         f"n_simulations={n_simulations:,}")
     if on_failure not in ON_FAILURE:
         raise ValueError(f"on_failure must be one of {ON_FAILURE}, got {on_failure!r}.")
     if not callable(simulator):
@@ -208,6 +210,8 @@ def _draw(prior, n: int, seed: np.random.SeedSequence, width: int | None = None)
         raise TypeError("prior must have sample(shape) (torch), rvs(size, random_state) "
                         f"(scipy) or be a callable prior(n, rng); got {type(prior).__name__}.")
     draws = draws.detach().cpu().numpy() if isinstance(draws, torch.Tensor) else draws
+    if np.ma.isMaskedArray(draws):  # masked draws are no parameters: refused below as NaN
+        draws = np.ma.filled(draws.astype(np.float64), np.nan)
     if np.iscomplexobj(draws):
         raise ValueError("the prior returned complex numbers; parameters are real.")
     try:
@@ -299,6 +303,8 @@ def _call(simulator: Callable, theta: np.ndarray, seed: np.random.SeedSequence) 
             np.random.set_state(state)
     if isinstance(out, torch.Tensor):
         out = out.detach().cpu().numpy()
+    if np.ma.isMaskedArray(out):  # masked entries failed: NaN
+        out = np.ma.filled(out.astype(np.float64), np.nan)
     if np.iscomplexobj(out):
         raise _BadOutput("the simulator returned complex numbers; simulations are real (split "
                          "them into real and imaginary parts).")

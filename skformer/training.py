@@ -42,6 +42,8 @@ class TrainConfig:
     """Decay of the exponential moving average of the weights that training keeps, or "auto":
     an average over about :data:`EMA_EPOCHS` epochs' steps (see :func:`ema_decay`)."""
     warmup_fraction: float = 0.02
+    """Share of the schedule's steps that warm the learning rate up, at most
+    :data:`MAX_WARMUP_EPOCHS` epochs' steps; early stopping waits for the warm-up's end."""
     weight_decay: float = 1e-4
     validation_rows: int = 4096
     """The validation set is repeated (each copy with its own masks and noise) to at least this
@@ -130,6 +132,11 @@ def ema_decay(setting: float | str, steps_per_epoch: int) -> float:
     return float(setting)
 
 
+MAX_WARMUP_EPOCHS = 20
+"""The longest warm-up in epochs: 2 % of a schedule of 10**9 epochs kept the learning rate
+near zero for every epoch that ran, and early stopping ended it untrained."""
+
+
 def lr_factor(step: int, total: int, warmup: int) -> float:
     """Linear warm-up over ``warmup`` steps, then cosine decay to 5 % at ``total``."""
     if step < warmup:
@@ -216,7 +223,7 @@ def train(
     step_fn = _Step(forward, dynamics, config, graphed)
     steps_per_epoch = max(1, n // bs)  # drop the ragged tail: equal-size batches
     total = steps_per_epoch * config.max_epochs
-    warmup = max(1, int(config.warmup_fraction * total))
+    warmup = max(1, min(int(config.warmup_fraction * total), MAX_WARMUP_EPOCHS * steps_per_epoch))
     decay = ema_decay(config.ema_decay, steps_per_epoch)
 
     val = None
@@ -270,7 +277,7 @@ def train(
                 best_score, since_best = score, 0
                 best_state = copy.deepcopy(ema.state_dict())
                 result.best_epoch = epoch
-            else:
+            elif step >= warmup:  # a rising learning rate is no reason to stop
                 since_best += 1
             if bar is not None:
                 bar.set_postfix(loss=f"{result.loss_curve[-1]:.4f}", val=f"{score:.4f}")

@@ -656,3 +656,105 @@ def test_a_warm_fit_refuses_rows_far_outside_the_models_units_and_changes_nothin
     with pytest.raises(ValueError, match="X holds values more than"):
         est.partial_fit(X * 1e20, positions={"x": t})
     assert same_weights(weights(est), before) and est.loss_curve_ == curve
+
+
+# ------------------------------------------------------ third probe: set_params after a fit, ...
+def small_fit(**kw) -> SimformerEstimator:
+    X = np.random.default_rng(0).normal(size=(200, 4))
+    return quiet_fit(SimformerEstimator(**{**TINY, "d_model": 16, "n_layers": 1}, max_epochs=1,
+                                        device="cpu", random_state=0, **kw), X)
+
+
+@pytest.mark.parametrize("device", ["cuda:-1", "cuda:abc", " cpu"])
+def test_a_malformed_device_set_after_the_fit_loses_no_model(device, tmp_path):
+    est = small_fit()
+    est.set_params(device=device)
+    with pytest.raises(ValueError, match="save\\(\\) refuses .*device must be"):
+        save(est, tmp_path / "m.skf")
+    with pytest.warns(RuntimeWarning, match="loads on the CPU"):
+        back = pickle.loads(pickle.dumps(est))
+    np.testing.assert_array_equal(back.sample(2, random_state=0), est.sample(2, random_state=0))
+
+
+def test_the_sbi_facade_keeps_its_parameters_when_a_call_is_refused():
+    from skformer import Simformer
+
+    rng = np.random.default_rng(0)
+    theta = rng.normal(size=(200, 1, 1))
+    sims = torch.as_tensor(np.concatenate([theta, theta + 0.1], axis=1))
+    s = Simformer(d_model=16, n_layers=1, n_heads=2, device="cpu", random_state=0)
+    s.append_simulations(sims)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        s.train(max_num_epochs=1)
+    before = s.estimator.get_params()
+    with pytest.raises(ValueError, match="max_epochs"):
+        s.train(max_num_epochs=0)
+    with pytest.raises(ValueError, match="foo"):
+        s.train(learning_rate=2.0, foo=1)
+    with pytest.raises(ValueError, match="condition_masks"):
+        s.append_simulations(sims, condition_masks="nope")
+    assert s.estimator.get_params() == before and len(s._inputs) == 1
+    with pytest.raises(ValueError, match="inputs must"):
+        s.append_simulations(None)
+    with pytest.raises(ValueError, match=r"inputs must have shape .* got \(0, 2, 1\)"):
+        s.append_simulations(sims[:0])
+
+
+def test_a_schedule_of_a_billion_epochs_still_trains():
+    """Its warm-up was 2 % of the schedule: the learning rate stayed near 0 and early stopping
+    ended the fit untrained, with converged_ True and no warning."""
+    rng = np.random.default_rng(0)
+    theta = rng.uniform(-1, 1, size=(600, 1))
+    X = np.hstack([theta, theta + 0.1 * rng.normal(size=theta.shape)])
+    est = SimformerEstimator(**{**TINY, "d_model": 16, "n_layers": 1}, max_epochs=10**9,
+                             n_iter_no_change=3, device="cpu", random_state=0).fit(X)
+    assert est.converged_ and est.best_epoch_ >= 20  # past the warm-up of 20 epochs
+    assert min(est.validation_scores_) < 0.8 * est.validation_scores_[0]
+
+
+@pytest.mark.parametrize("latent", [np.array([True, False, False, False]), [True], True, [1.7]])
+def test_posterior_indexes_refuse_booleans_and_floats(latent):
+    with pytest.raises(ValueError, match="posterior_latent must be a list of variable indexes"):
+        SimformerEstimator(posterior_latent=latent).fit(np.zeros((20, 4)))
+
+
+def test_a_prior_that_breaks_iid_sampling_is_named(fitted_curves):
+    post = fitted_curves.condition(["x"], positions={"x": np.linspace(0, 1, K)})
+    prior = torch.distributions.Normal(torch.zeros(1), torch.full((1,), 1e30))
+    with pytest.raises(ValueError, match="non-finite values, from the prior given"):
+        post.sample(2, np.zeros((2, K)), iid=True, prior=prior, random_state=0)
+
+
+def test_masked_entries_are_missing_in_fit_and_not_observed_at_inference():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 3))
+    mask = np.zeros_like(X, dtype=bool)
+    mask[::7, 2] = True
+    hidden = np.where(mask, 1e6, X)  # what the mask hides must not be trained on
+    a = quiet_fit(SimformerEstimator(**TINY, max_epochs=1, device="cpu", random_state=0),
+                  np.ma.masked_array(hidden, mask))
+    b = quiet_fit(SimformerEstimator(**TINY, max_epochs=1, device="cpu", random_state=0),
+                  np.where(mask, np.nan, X))
+    np.testing.assert_array_equal(a.mean_, b.mean_)
+    post = a.condition([False, True, True])
+    masked = np.ma.masked_array([0.1, 1e6], mask=[False, True])
+    np.testing.assert_array_equal(post.sample(3, masked, random_state=0),
+                                  post.sample(3, [0.1, np.nan], random_state=0))
+
+
+def test_threads_beyond_the_limit_are_refused_also_after_the_fit():
+    with pytest.raises(ValueError, match="n_threads"):
+        SimformerEstimator(n_threads=100_000).fit(np.zeros((20, 2)))
+    est = small_fit()
+    est.set_params(n_threads=0)
+    with pytest.raises(ValueError, match=r"n_threads must be None or an int in \[1, 1024\]"):
+        est.sample(2)
+
+
+def test_probes_and_simulations_no_machine_holds_are_refused(fitted_curves):
+    post = fitted_curves.condition(["x"], positions={"x": np.linspace(0, 1, K)})
+    with pytest.raises(ValueError, match="n_probes copies"):
+        post.log_prob([[0.0]], np.zeros(K), divergence="hutchinson", n_probes=10**9)
+    with pytest.raises(ValueError, match="n_simulations=1,000,000,000,000"):
+        simulate(Counting(), prior, 10**12)
