@@ -76,6 +76,25 @@ BYTES_PER_SAMPLED_ENTRY = 32
 noise and results in float32, and the float64 results (``check_fits_in_memory``)."""
 
 
+def _by_name(values, names: list[str], what: str):
+    """pandas input labelled by column names (a Series' index, a DataFrame's columns) ->
+    numpy in the order of ``names``; unlabelled input (a default integer index) as it is."""
+    if not hasattr(values, "to_numpy"):
+        return values
+    frame = getattr(values, "ndim", 1) == 2
+    labels = list(values.columns if frame else values.index)
+    if all(isinstance(label, (int, np.integer)) for label in labels) \
+            and labels == list(range(len(labels))):
+        return values.to_numpy()  # no names: by position, as an array
+    labels = [str(label) for label in labels]
+    if sorted(labels) != sorted(names) or len(set(labels)) != len(labels):
+        raise ValueError(f"{what} is labelled {labels}, but this conditional's {what} columns "
+                         f"are {names}: give those names (in any order) or an unlabelled array.")
+    order = [labels.index(n) for n in names]
+    array = values.to_numpy()
+    return array[:, order] if frame else array[order]
+
+
 def _positive_int(value, name: str, high: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive integer; got {value!r}.")
@@ -167,6 +186,7 @@ class Conditional:
                     f"{self.observed_names}."
                 )
             return torch.zeros(1, 0, device=device, dtype=torch.float64), False
+        observed = _by_name(observed, self.observed_names, "observed")
         obs = as_float_tensor(observed, device, torch.float64, "observed")
         batched = obs.ndim == 2
         if obs.ndim == 1:
@@ -254,6 +274,7 @@ class Conditional:
             )
 
     def _values(self, values, n_obs: int) -> torch.Tensor:
+        values = _by_name(values, self.latent_names, "values")
         v = as_float_tensor(values, self._model.device, torch.float64)
         if v.ndim == 1:
             v = v[None]

@@ -758,3 +758,24 @@ def test_probes_and_simulations_no_machine_holds_are_refused(fitted_curves):
         post.log_prob([[0.0]], np.zeros(K), divergence="hutchinson", n_probes=10**9)
     with pytest.raises(ValueError, match="n_simulations=1,000,000,000,000"):
         simulate(Counting(), prior, 10**12)
+
+
+def test_named_observed_values_are_read_by_name():
+    """A pandas Series or DataFrame labelled by column names was read by position."""
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(rng.normal(size=(200, 4)), columns=["t0", "t1", "x0", "x1"])
+    est = quiet_fit(SimformerEstimator(**TINY, max_epochs=1, device="cpu", random_state=0), df)
+    post = est.condition(["x0", "x1"])
+    by_order = post.sample(3, [0.1, 0.2], random_state=0)
+    np.testing.assert_array_equal(
+        post.sample(3, pd.Series({"x1": 0.2, "x0": 0.1}), random_state=0), by_order)
+    np.testing.assert_array_equal(
+        post.sample(3, pd.DataFrame({"x1": [0.2], "x0": [0.1]}), random_state=0), by_order[None])
+    np.testing.assert_array_equal(post.sample(3, pd.Series([0.1, 0.2]), random_state=0),
+                                  by_order)  # unlabelled: by position
+    with pytest.raises(ValueError, match=r"observed is labelled \['x0', 'x2'\]"):
+        post.sample(3, pd.Series({"x0": 0.1, "x2": 0.2}))
+    values = pd.DataFrame({"t1": [0.0], "t0": [0.5]})
+    np.testing.assert_array_equal(post.log_prob(values, [0.1, 0.2]),
+                                  post.log_prob([[0.5, 0.0]], [0.1, 0.2]))
