@@ -138,9 +138,9 @@ def seed_from(random_state) -> int:
     if random_state is None:
         return int_seed(np.random.SeedSequence())
     if isinstance(random_state, (int, np.integer)):
-        if random_state < 0:
-            raise ValueError(f"random_state must be a non-negative int (as in scikit-learn); "
-                             f"got {random_state}.")
+        if not 0 <= random_state < 2**63:
+            raise ValueError(f"random_state must be an int in [0, 2**63) (as in scikit-learn, "
+                             f"non-negative); got {random_state}.")
         return int(random_state)
     if isinstance(random_state, np.random.RandomState):
         return int(random_state.randint(0, 2**31 - 1))
@@ -238,7 +238,10 @@ def as_float_tensor(values, device: torch.device, dtype: torch.dtype = DTYPE,
     if np.iscomplexobj(values):
         raise ValueError(f"{name} holds complex numbers; skformer takes real ones.")
     # a fresh, contiguous, writeable copy: negative strides and read-only memmaps are fine
-    arr = np.array(values, dtype=np.float64, order="C", copy=True)
+    try:
+        arr = np.array(values, dtype=np.float64, order="C", copy=True)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be an array of numbers; got {values!r}.") from err
     return torch.as_tensor(arr, dtype=dtype, device=device)
 
 

@@ -95,6 +95,11 @@ def _by_name(values, names: list[str], what: str):
     return array[:, order] if frame else array[order]
 
 
+def _check_flag(value, name: str) -> None:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False; got {value!r}.")
+
+
 def _positive_int(value, name: str, high: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive integer; got {value!r}.")
@@ -404,6 +409,7 @@ class Conditional:
         steps = _positive_int(self.sampling_steps if steps is None else steps, "steps",
                               MAX_CALL_STEPS)
         solver = self._solver(solver)
+        _check_flag(iid, "iid")
         if iid:
             self._check_rows(n_samples, 1, "n_samples")
             return self._sample_iid(n_samples, observed, random_state, steps, solver,
@@ -631,8 +637,12 @@ class Conditional:
         n_init, n_keep, n_iter = (_positive_int(v, name) for v, name in
                                   ((n_init, "n_init"), (n_keep, "n_keep"), (n_iter, "n_iter")))
         self._check_rows(n_init, 1, "n_init")
-        if not learning_rate > 0:
-            raise ValueError(f"learning_rate must be positive; got {learning_rate!r}.")
+        number = isinstance(learning_rate, (int, float, np.number)) \
+            and not isinstance(learning_rate, bool)
+        if not (number and 0 < learning_rate < np.inf):
+            raise ValueError(f"learning_rate must be a positive finite number; got "
+                             f"{learning_rate!r}.")
+        _check_flag(iid, "iid")
         if iid:
             return self._map_iid(observed, n_init, n_keep, n_iter, learning_rate, random_state)
         obs, batched = self._observed(observed)

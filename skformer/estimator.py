@@ -495,6 +495,17 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
             )
         return latent, observed
 
+    def _validate_params(self):
+        """scikit-learn's checks of ``_parameter_constraints``, and no booleans where an int is
+        asked for (``Interval(Integral)`` takes ``True`` as 1: ``batch_size=True``)."""
+        super()._validate_params()
+        integer = [name for name, rules in self._parameter_constraints.items()
+                   if any(isinstance(r, Interval) and r.type is Integral for r in rules)]
+        flags = sorted(n for n in integer if isinstance(getattr(self, n), (bool, np.bool_)))
+        if flags:
+            raise ValueError(f"{', '.join(flags)} must be an int, not a boolean; got "
+                             f"{', '.join(repr(getattr(self, n)) for n in flags)}.")
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()  # DensityMixin: estimator_type "density_estimator"
         tags.input_tags.allow_nan = True  # NaN = missing (never observed, out of the loss)

@@ -583,7 +583,7 @@ def test_a_prior_whose_width_changes_is_named_and_its_simulations_kept():
 
 
 @pytest.mark.parametrize("kw, match", [
-    (dict(random_state=-1), "random_state must be a non-negative int"),
+    (dict(random_state=-1), r"random_state must be an int in \[0, 2\*\*63\)"),
     (dict(initial=np.zeros((5, 2)) + 1j), "initial holds complex"),
     (dict(observed=[0.5 + 1j]), "observed holds complex"),
 ])
@@ -715,7 +715,8 @@ def test_a_schedule_of_a_billion_epochs_still_trains():
 
 @pytest.mark.parametrize("latent", [np.array([True, False, False, False]), [True], True, [1.7]])
 def test_posterior_indexes_refuse_booleans_and_floats(latent):
-    with pytest.raises(ValueError, match="posterior_latent must be a list of variable indexes"):
+    with pytest.raises(ValueError, match="posterior_latent must be (a list of variable "
+                                         "indexes|an int, not a boolean)"):
         SimformerEstimator(posterior_latent=latent).fit(np.zeros((20, 4)))
 
 
@@ -779,3 +780,24 @@ def test_named_observed_values_are_read_by_name():
     values = pd.DataFrame({"t1": [0.0], "t0": [0.5]})
     np.testing.assert_array_equal(post.log_prob(values, [0.1, 0.2]),
                                   post.log_prob([[0.5, 0.0]], [0.1, 0.2]))
+
+
+@pytest.mark.parametrize("param", ["batch_size", "tokens", "n_iter_no_change", "n_threads",
+                                   "max_epochs"])
+def test_booleans_are_not_ints(param):
+    with pytest.raises(ValueError, match=f"{param} must be an int, not a boolean"):
+        SimformerEstimator(**{param: True}).fit(np.zeros((20, 2)))
+
+
+def test_call_arguments_of_the_wrong_kind_are_named(fitted_curves):
+    post = fitted_curves.condition(["x"], positions={"x": np.linspace(0, 1, K)})
+    with pytest.raises(ValueError, match="iid must be True or False"):
+        post.sample(2, np.zeros(K), iid="yes")
+    with pytest.raises(ValueError, match="learning_rate must be a positive finite number"):
+        post.map(np.zeros(K), learning_rate="0.1")
+    with pytest.raises(ValueError, match="learning_rate must be"):
+        post.map(np.zeros(K), learning_rate=np.inf)
+    with pytest.raises(ValueError, match=r"random_state must be an int in \[0, 2\*\*63\)"):
+        post.sample(2, np.zeros(K), random_state=2**70)
+    with pytest.raises(ValueError, match="observed must be an array of numbers"):
+        post.sample(2, ["a"] * K)
