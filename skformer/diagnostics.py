@@ -39,9 +39,20 @@ __all__ = ["sbc", "check_sbc", "coverage", "tarp", "draw_samples"]
 ROWS_PER_CALL = 100_000
 
 
+def _real(values, name: str) -> np.ndarray:
+    """A float64 array of ``values``; complex numbers (numpy would keep their real part) and
+    what is not numbers refused naming ``name``."""
+    if np.iscomplexobj(values):
+        raise ValueError(f"{name} holds complex numbers; diagnostics take real ones.")
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be an array of numbers.") from err
+
+
 def _check_pairs(latent, observed) -> tuple[np.ndarray, np.ndarray]:
-    latent = np.asarray(latent, dtype=np.float64)
-    observed = np.asarray(observed, dtype=np.float64)
+    latent = _real(latent, "latent")
+    observed = _real(observed, "observed")
     latent = latent[:, None] if latent.ndim == 1 else latent
     observed = observed[:, None] if observed.ndim == 1 else observed
     if latent.ndim != 2 or observed.ndim != 2:
@@ -129,10 +140,14 @@ def _samples_of(conditional, latent, observed, n_samples, random_state, verbose,
         samples = draw_samples(conditional, observed, n_samples, random_state=random_state,
                                verbose=verbose, desc=desc)
     else:
-        samples = np.asarray(samples, dtype=np.float64)
+        samples = _real(samples, "samples")
         if samples.ndim != 3 or samples.shape[0] != latent.shape[0]:
             raise ValueError(f"samples must have shape (n_tests={latent.shape[0]}, n_samples, "
                              f"n_latent); got {samples.shape}.")
+    if not np.isfinite(samples).all():
+        # a NaN compares false with everything: every rank would read 0
+        raise ValueError("samples hold non-finite values; ranks and coverage need finite "
+                         "posterior samples.")
     if samples.shape[2] != latent.shape[1]:
         raise ValueError(f"the conditional samples {samples.shape[2]} latent columns; latent "
                          f"has {latent.shape[1]}.")
@@ -247,8 +262,8 @@ def check_sbc(ranks, n_samples: int, random_state=0) -> dict:
 
 
 def _levels(levels) -> np.ndarray:
-    levels = np.linspace(0.0, 1.0, 21) if levels is None else np.asarray(levels, float)
-    if levels.ndim != 1 or ((levels < 0) | (levels > 1)).any():
+    levels = np.linspace(0.0, 1.0, 21) if levels is None else _real(levels, "levels")
+    if levels.ndim != 1 or not ((levels >= 0) & (levels <= 1)).all():  # NaN too
         raise ValueError("levels must be a 1-D array of credibility levels in [0, 1].")
     return levels
 
@@ -386,10 +401,10 @@ def tarp(conditional, latent, observed, levels=None, n_samples: int = 1000, rand
         rng = np.random.default_rng(ref_seed)
         z_ref = rng.uniform(z_truth.min(axis=0), z_truth.max(axis=0), size=z_truth.shape)
     else:
-        references = np.asarray(references, dtype=np.float64)
-        if references.shape != latent.shape:
-            raise ValueError(f"references must have the shape of latent {latent.shape}; got "
-                             f"{references.shape}.")
+        references = _real(references, "references")
+        if references.shape != latent.shape or not np.isfinite(references).all():
+            raise ValueError(f"references must be finite, of the shape of latent "
+                             f"{latent.shape}; got shape {references.shape}.")
         z_ref = (references - mean) / std
     d_samples = np.linalg.norm(z_samples - z_ref[:, None, :], axis=2)
     d_truth = np.linalg.norm(z_truth - z_ref, axis=1)

@@ -190,6 +190,24 @@ def test_clear_errors():
         check_sbc(np.array([[11]]), 10)
 
 
+def test_non_finite_and_complex_input_is_refused_not_ranked():
+    """NaN samples gave every rank 0 and a coverage curve; complex latent values were cast to
+    their real part with only numpy's warning."""
+    theta, x = test_pairs(n=10)
+    samples = draw_samples(Gaussian(), x, 20, random_state=0)
+    bad = samples.copy()
+    bad[0, 0, 0] = np.nan
+    for check in (sbc, coverage, tarp):
+        with pytest.raises(ValueError, match="samples hold non-finite"):
+            check(None, theta, x, samples=bad)
+    with pytest.raises(ValueError, match="latent holds complex"):
+        sbc(Gaussian(), theta + 1j, x, n_samples=20)
+    with pytest.raises(ValueError, match="levels"):
+        coverage(None, theta, x, samples=samples, levels=[np.nan])
+    with pytest.raises(ValueError, match="references must be finite"):
+        tarp(None, theta, x, samples=samples, references=np.full_like(theta, np.nan))
+
+
 def test_diagnostics_of_a_fitted_model_for_any_condition_mask():
     import warnings
 
