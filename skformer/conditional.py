@@ -52,9 +52,14 @@ def resolve_bounds(bounds, layout, observed_columns=()) -> dict[int, tuple[float
         else:
             raise ValueError(f"bounds column {key!r} is not one of the {len(names)} columns.")
         try:
-            low, high = (float(v) for v in spec)
+            low, high = spec
+            if not all(isinstance(v, (int, float, np.number))
+                       and not isinstance(v, (bool, np.bool_)) for v in (low, high)):
+                raise TypeError(spec)
+            low, high = float(low), float(high)
         except (TypeError, ValueError) as err:
-            raise ValueError(f"bounds of {key!r} must be (low, high); got {spec!r}.") from err
+            raise ValueError(f"bounds of {key!r} must be (low, high), two numbers; got "
+                             f"{spec!r}.") from err
         if np.isnan(low) or np.isnan(high) or not low < high:
             raise ValueError(f"bounds of {key!r} need low < high; got ({low}, {high}).")
         for c in columns:  # a column bounded twice (by its variable, say) gets both

@@ -452,6 +452,9 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         no data and no work: for callers that must fail before they spend simulations
         (``sequential.rounds``)."""
         self._validate_params()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # an unavailable GPU falls back; a malformed one not
+            resolve_device(self.device)
         self._check_layout(self._make_layout(n_columns))
         self._make_dynamics()  # dynamics_options
         self._train_config(batch_size=1)  # training_options
@@ -585,6 +588,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
     def _fit(self, X, positions=None) -> TrainResult:
         # parameters are validated by _fit_context (unless skip_parameter_validation is set)
         warm = bool(self.warm_start) and "model_" in self.__dict__
+        self._check_positions_given(positions, continuing=warm)
         X = self._validate_X(X, reset=not warm)
         layout = self._make_layout(X.shape[1])
         X, P, table = self._read_positions(X, layout, positions)
@@ -732,6 +736,9 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
 
     def _partial_fit(self, X, positions=None) -> None:
         first = "model_" not in self.__dict__
+        if not first:  # scikit-learn's _fit_context skips this for a fitted partial_fit
+            self._validate_params()
+        self._check_positions_given(positions, continuing=not first)
         X = self._validate_X(X, reset=first)
         layout = self._make_layout(X.shape[1])
         X, P, table = self._read_positions(X, layout, positions)
@@ -785,6 +792,20 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         self.n_iter_ += 1
         self.best_epoch_ = self.n_iter_ - 1
         self.n_training_rows_ += X.shape[0]
+
+    def _check_positions_given(self, positions, continuing: bool) -> None:
+        """A fit that continues a model fitted with positions needs positions for the same
+        variables (and one without, none)."""
+        if not continuing:
+            return
+        table = self.model_.positions
+        if table is not None and positions is None:
+            names = [self.model_.layout.names[v] for v in table.variables]
+            raise ValueError(f"this model was fitted with positions for {names}; a fit that "
+                             f"continues it needs them too: pass positions={{{names[0]!r}: ...}}.")
+        if table is None and positions is not None:
+            raise ValueError("this model was fitted without positions; a fit that continues it "
+                             "takes none (fit afresh with warm_start=False to add them).")
 
     def _drop_empty_rows(self, X: np.ndarray, P: np.ndarray | None = None
                          ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -974,10 +995,13 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
             raise ValueError("positions= applies to a model fitted with positions; this one "
                              "was fitted without.")
         given = parse_positions(positions, model.layout, None, sizes={})
-        dim = next(iter(given.values())).shape[-1]
-        if dim != table.dim:
-            raise ValueError(f"the model was fitted with positions of {table.dim} coordinates; "
-                             f"got {dim}.")
+        for v, p in given.items():
+            if p.shape[-1] != table.dim:
+                raise ValueError(
+                    f"positions[{model.layout.names[v]!r}] of shape {p.shape} reads as "
+                    f"{p.shape[0]} readings of {p.shape[-1]} coordinates, but the model was "
+                    f"fitted with positions of {table.dim}: a conditional takes one set of "
+                    f"positions, shape (k,) or (k, {table.dim}), not one per row.")
         for v, p in given.items():
             if v in table.variables:
                 table.check_representable(v, p, model.layout.names[v])

@@ -82,6 +82,8 @@ def parse_positions(positions, layout: Layout, n_rows: int | None,
             value = value.detach().cpu().numpy()
         if np.ma.isMaskedArray(value):  # a masked reading is an absent one
             value = np.ma.filled(value.astype(np.float64), np.nan)
+        if getattr(getattr(value, "dtype", None), "kind", "") == "b":
+            raise ValueError(f"positions[{name!r}] holds booleans; positions are numbers.")
         if getattr(getattr(value, "dtype", None), "kind", "") in ("M", "m"):
             raise ValueError(f"positions[{name!r}] holds dates or time spans; give numbers "
                              "(e.g. days since a reference date) so that their unit is yours.")

@@ -112,6 +112,16 @@ class RoundsResult:
         import matplotlib.pyplot as plt
 
         columns = list(range(self.n_theta)) if columns is None else list(columns)
+        if not all(isinstance(c, (int, np.integer)) and not isinstance(c, bool)
+                   and 0 <= c < self.n_theta for c in columns):
+            raise ValueError(f"columns must be indexes of the {self.n_theta} parameters "
+                             f"(0..{self.n_theta - 1}); got {columns!r}.")
+        if labels is not None and len(labels) != self.n_theta:
+            raise ValueError(f"labels must name the {self.n_theta} parameters; got "
+                             f"{len(labels)}.")
+        if truth is not None and np.size(truth) != self.n_theta:
+            raise ValueError(f"truth must hold the {self.n_theta} parameters' values; got "
+                             f"{np.size(truth)}.")
         done = [r for r in self.history if r.posterior_samples is not None]
         n = len(columns) + 1
         fig, axes = plt.subplots(1, n, figsize=figsize or (3.2 * n, 3.0), squeeze=False)
@@ -373,7 +383,7 @@ def rounds(estimator, simulator, prior, observed, n_rounds: int = 5,
                 bar.update(1)
     except BaseException as error:
         state.pending.extend(getattr(error, "simulated", []))  # finished chunks of the round
-        if state.X is not None or state.pending:
+        if state.X is not None or state.pending or state.failed:
             partial = state.result(est)
             error.rounds_result = partial
             n_pending = sum(len(theta) for theta, _ in partial.pending)
@@ -445,6 +455,10 @@ class _State:
                  "the result's failed.", RuntimeWarning)
             self.failed.append(rows[bad])
         good = rows[~bad]
+        if len(good) == 0:
+            self.pending = []  # in failed: the result keeps them
+            raise ValueError(f"every one of the {len(rows)} simulations of round {r} failed "
+                             "(raised or returned NaN or infinity); see the result's failed.")
         if r == 0:
             _check_observed(good[:, self.n_theta:], self.x_o)
         self.X = good if self.X is None else np.vstack([self.X, good])
@@ -582,8 +596,6 @@ def _prepare(est, n_theta: int, n_x: int, prior):
 
 
 def _check_observed(x: np.ndarray, x_o: np.ndarray) -> None:
-    if len(x) == 0:
-        raise ValueError("every simulation of round 0 failed.")
     low, high = x.min(axis=0), x.max(axis=0)
     out = np.flatnonzero((x_o < low) | (x_o > high))
     if out.size:

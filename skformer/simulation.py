@@ -203,7 +203,10 @@ def _draw(prior, n: int, seed: np.random.SeedSequence, width: int | None = None)
             torch.manual_seed(int_seed(seed))
             draws = prior.sample((n,))
     elif callable(getattr(prior, "rvs", None)):
-        draws = prior.rvs(size=n, random_state=np.random.default_rng(seed))
+        # a frozen scipy distribution with vector parameters (uniform(loc=[-2, -2], ...))
+        # draws (n, k) only when asked for that shape
+        shape = _scipy_batch_shape(prior)
+        draws = prior.rvs(size=(n, *shape), random_state=np.random.default_rng(seed))
     elif callable(prior):
         draws = prior(n, np.random.default_rng(seed))
     else:
@@ -231,6 +234,17 @@ def _draw(prior, n: int, seed: np.random.SeedSequence, width: int | None = None)
     if not np.isfinite(theta).all():
         raise ValueError("the prior returned non-finite parameters.")
     return theta
+
+
+def _scipy_batch_shape(prior) -> tuple[int, ...]:
+    """The shape of a frozen scipy distribution's parameters (() for scalars and for
+    multivariate distributions, whose ``rvs(size=n)`` already gives (n, k))."""
+    if not (hasattr(prior, "args") and hasattr(prior, "kwds")):  # univariate frozen only
+        return ()
+    try:
+        return np.broadcast(*(np.asarray(a) for a in (*prior.args, *prior.kwds.values()))).shape
+    except (ValueError, TypeError, AttributeError):
+        return ()
 
 
 def prior_box(prior, n_theta: int) -> tuple[np.ndarray, np.ndarray] | None:

@@ -801,3 +801,78 @@ def test_call_arguments_of_the_wrong_kind_are_named(fitted_curves):
         post.sample(2, np.zeros(K), random_state=2**70)
     with pytest.raises(ValueError, match="observed must be an array of numbers"):
         post.sample(2, ["a"] * K)
+
+
+# ----------------------------------------------------------------------------- a third probe
+def test_partial_fit_on_a_fitted_model_checks_its_parameters():
+    """scikit-learn's _fit_context skips validation for partial_fit once fitted: a negative
+    learning rate trained uphill."""
+    X, t = curves(128)
+    est = positional(batch_size=64).partial_fit(X, positions={"x": t})
+    before = weights(est)
+    est.set_params(learning_rate=-1.0)
+    with pytest.raises(ValueError, match="learning_rate"):
+        est.partial_fit(X, positions={"x": t})
+    assert same_weights(weights(est), before) and est.n_iter_ == 1
+
+
+def test_a_continuing_fit_without_positions_says_so(fitted_curves):
+    X, _ = curves(100, seed=3)
+    est = pickle.loads(pickle.dumps(fitted_curves)).set_params(warm_start=True)
+    with pytest.raises(ValueError, match=r"fitted with positions for \['x'\].*pass positions"):
+        est.fit(X)
+    with pytest.raises(ValueError, match="pass positions"):
+        est.partial_fit(X)
+    plain = small_fit(warm_start=True)
+    with pytest.raises(ValueError, match="fitted without positions"):
+        plain.fit(np.zeros((50, 4)), positions={"v3": [0.0]})
+
+
+def test_per_row_positions_at_a_conditional_are_named(fitted_curves):
+    with pytest.raises(ValueError, match=r"positions\['x'\] of shape \(2, 5\) reads as 2 "
+                                         r"readings .* not one per row"):
+        fitted_curves.condition(["x"], positions={"x": np.tile(np.linspace(0, 1, K), (2, 1))})
+    with pytest.raises(ValueError, match=r"positions\['x'\] holds booleans"):
+        fitted_curves.condition(["x"], positions={"x": np.ones(K, bool)})
+
+
+@pytest.mark.parametrize("spec", [("0", "0.5"), (False, True), (torch.tensor(0.0), 1.0)])
+def test_bounds_must_be_numbers(spec):
+    with pytest.raises(ValueError, match="must be \\(low, high\\), two numbers"):
+        small_fit(bounds={0: spec})
+
+
+def test_warm_params_with_a_device_no_fit_takes_are_refused_before_simulating():
+    sim = Counting()
+    with pytest.raises(ValueError, match="warm_params: .*device"):
+        tiny_rounds(sim, warm_params={"device": "meta"})
+    assert sim.n == 0
+
+
+def test_a_scipy_prior_with_vector_parameters_draws_vectors():
+    stats = pytest.importorskip("scipy.stats")
+    result = tiny_rounds(Counting(), observed=[0.5, 0.5], n_rounds=1,
+                         prior=stats.uniform(loc=[-2, -2], scale=[4, 4]))
+    assert result.X.shape == (100, 4) and result.n_theta == 2
+    assert result.X[:, :2].min() >= -2 and result.X[:, :2].max() <= 2
+
+
+def test_a_round_whose_every_simulation_failed_stops_and_keeps_them():
+    class Failing(Counting):
+        def __call__(self, theta, rng):
+            x = super().__call__(theta, rng)
+            return x if self.n <= 100 else np.full_like(x, np.nan)
+
+    with pytest.raises(ValueError, match="every one of the 100 simulations of round 1 failed") \
+            as info:
+        tiny_rounds(Failing())
+    kept = info.value.rounds_result
+    assert len(kept.X) == 100 and kept.failed.shape == (100, 2)
+
+
+def test_rounds_plot_names_bad_arguments():
+    result = tiny_rounds(Counting(), n_rounds=1)
+    for kw, match in [(dict(columns=[5]), "columns"), (dict(columns=["theta"]), "columns"),
+                      (dict(labels=["a", "b"]), "labels"), (dict(truth=[0.1, 0.2]), "truth")]:
+        with pytest.raises(ValueError, match=match):
+            result.plot(**kw)
