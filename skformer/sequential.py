@@ -170,7 +170,8 @@ def _check_args(n_rounds, simulations_per_round, truncation, quantile, min_accep
         ("quantile", real(quantile, 0, 0.5), "a number in (0, 0.5)"),
         ("min_acceptance", real(min_acceptance, 0, 1) or min_acceptance == 1,
          "a number in (0, 1]"),
-        ("box_margin", isinstance(box_margin, Real) and box_margin >= 0, "a number >= 0"),
+        ("box_margin", isinstance(box_margin, Real) and 0 <= box_margin < np.inf,
+         "a finite number >= 0"),
         ("n_posterior_samples", integer(n_posterior_samples, 10), "an int >= 10"),
     ]
     for name, good, expected in checks:

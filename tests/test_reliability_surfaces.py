@@ -308,6 +308,7 @@ def tiny_rounds(simulator, observed=(0.5,), **kw):
     (dict(chunk_size=0), "chunk_size must be a positive int"),
     (dict(chunk_size=-1), "chunk_size"),
     (dict(n_jobs=0), "n_jobs must be None or a non-zero int"),
+    (dict(box_margin=np.inf), "box_margin must be a finite number"),
 ])
 def test_rounds_refuse_bad_arguments_before_simulating(kw, match):
     sim = Counting()
