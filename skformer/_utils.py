@@ -223,6 +223,21 @@ def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Gener
 
 
 # ---------------------------------------------------------------------------------- arrays
+def real_array(values, name: str) -> np.ndarray:
+    """``values`` as a float64 numpy array: masked entries NaN; complex numbers (numpy would
+    keep their real part with only a warning) and what is not numbers refused, naming
+    ``name``."""
+    if np.ma.isMaskedArray(values):
+        values = np.ma.filled(values.astype(np.float64), np.nan)
+    if np.iscomplexobj(values):
+        raise ValueError(f"{name} holds complex numbers; skformer takes real ones.")
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be an array of numbers; got {type(values).__name__}."
+                         ) from err
+
+
 def as_float_tensor(values, device: torch.device, dtype: torch.dtype = DTYPE,
                     name: str = "values") -> torch.Tensor:
     """numpy / torch / pandas / nested lists -> tensor of ``dtype`` on ``device`` (a copy).
@@ -233,15 +248,8 @@ def as_float_tensor(values, device: torch.device, dtype: torch.dtype = DTYPE,
         return values.detach().to(device=device, dtype=dtype).clone()
     if hasattr(values, "to_numpy"):
         values = values.to_numpy()
-    if np.ma.isMaskedArray(values):  # a masked entry is one not there (NaN)
-        values = np.ma.filled(values.astype(np.float64), np.nan)
-    if np.iscomplexobj(values):
-        raise ValueError(f"{name} holds complex numbers; skformer takes real ones.")
     # a fresh, contiguous, writeable copy: negative strides and read-only memmaps are fine
-    try:
-        arr = np.array(values, dtype=np.float64, order="C", copy=True)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{name} must be an array of numbers; got {values!r}.") from err
+    arr = np.array(real_array(values, name), order="C", copy=True)
     return torch.as_tensor(arr, dtype=dtype, device=device)
 
 

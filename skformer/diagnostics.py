@@ -31,7 +31,7 @@ from scipy import stats
 from sklearn.model_selection import cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 
-from skformer._utils import int_seed, seed_from
+from skformer._utils import int_seed, real_array, seed_from
 
 __all__ = ["sbc", "check_sbc", "coverage", "tarp", "draw_samples"]
 
@@ -39,20 +39,9 @@ __all__ = ["sbc", "check_sbc", "coverage", "tarp", "draw_samples"]
 ROWS_PER_CALL = 100_000
 
 
-def _real(values, name: str) -> np.ndarray:
-    """A float64 array of ``values``; complex numbers (numpy would keep their real part) and
-    what is not numbers refused naming ``name``."""
-    if np.iscomplexobj(values):
-        raise ValueError(f"{name} holds complex numbers; diagnostics take real ones.")
-    try:
-        return np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{name} must be an array of numbers.") from err
-
-
 def _check_pairs(latent, observed) -> tuple[np.ndarray, np.ndarray]:
-    latent = _real(latent, "latent")
-    observed = _real(observed, "observed")
+    latent = real_array(latent, "latent")
+    observed = real_array(observed, "observed")
     latent = latent[:, None] if latent.ndim == 1 else latent
     observed = observed[:, None] if observed.ndim == 1 else observed
     if latent.ndim != 2 or observed.ndim != 2:
@@ -140,7 +129,7 @@ def _samples_of(conditional, latent, observed, n_samples, random_state, verbose,
         samples = draw_samples(conditional, observed, n_samples, random_state=random_state,
                                verbose=verbose, desc=desc)
     else:
-        samples = _real(samples, "samples")
+        samples = real_array(samples, "samples")
         if samples.ndim != 3 or samples.shape[0] != latent.shape[0]:
             raise ValueError(f"samples must have shape (n_tests={latent.shape[0]}, n_samples, "
                              f"n_latent); got {samples.shape}.")
@@ -262,7 +251,7 @@ def check_sbc(ranks, n_samples: int, random_state=0) -> dict:
 
 
 def _levels(levels) -> np.ndarray:
-    levels = np.linspace(0.0, 1.0, 21) if levels is None else _real(levels, "levels")
+    levels = np.linspace(0.0, 1.0, 21) if levels is None else real_array(levels, "levels")
     if levels.ndim != 1 or not ((levels >= 0) & (levels <= 1)).all():  # NaN too
         raise ValueError("levels must be a 1-D array of credibility levels in [0, 1].")
     return levels
@@ -401,7 +390,7 @@ def tarp(conditional, latent, observed, levels=None, n_samples: int = 1000, rand
         rng = np.random.default_rng(ref_seed)
         z_ref = rng.uniform(z_truth.min(axis=0), z_truth.max(axis=0), size=z_truth.shape)
     else:
-        references = _real(references, "references")
+        references = real_array(references, "references")
         if references.shape != latent.shape or not np.isfinite(references).all():
             raise ValueError(f"references must be finite, of the shape of latent "
                              f"{latent.shape}; got shape {references.shape}.")

@@ -31,7 +31,7 @@ from numbers import Integral, Real
 import numpy as np
 from sklearn.base import clone
 
-from skformer._utils import check_fits_in_memory, seed_from, warn
+from skformer._utils import check_fits_in_memory, real_array, seed_from, warn
 from skformer.simulation import _draw, check_parallel, prior_bounds, simulate_at
 
 __all__ = ["Round", "RoundsResult", "rounds"]
@@ -531,13 +531,7 @@ def _check_initial(initial, n_theta: int, n_x: int) -> np.ndarray | None:
     """``initial`` as float64 rows of ``n_theta + n_x`` columns with finite parameters."""
     if initial is None:
         return None
-    if np.iscomplexobj(initial):
-        raise ValueError("initial holds complex numbers; simulations are real.")
-    try:
-        rows = np.asarray(initial, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"initial must be an array of numbers; got {type(initial).__name__}."
-                         ) from err
+    rows = real_array(initial, "initial")
     if rows.ndim != 2 or rows.shape[1] != n_theta + n_x or len(rows) == 0:
         raise ValueError(f"initial must have shape (n, {n_theta + n_x}): n_theta = {n_theta} "
                          f"(the prior's draws) and n_x = {n_x} (observed's length); got shape "
