@@ -548,8 +548,7 @@ class SimformerModel(nn.Module):
         latent = latent_rows.any(0).nonzero().flatten()  # missing entries cancel in the trace
         copies = latent.shape[0] if probes is None else probes.shape[0]
         self.check_attention(copies, backward=True, what="this log density")
-        budget = MAX_ATTENTION_BYTES // (self._attention_row_bytes() * copies
-                                         * self._net_size("n_layers"))
+        budget = MAX_ATTENTION_BYTES // self.attention_bytes(copies, backward=True)
         chunk = max(1, min(self.rows_per_chunk() // (2 * copies), budget))
         grid = self.dynamics.time_grid(steps, self.device).flip(0)[1:]  # sigma_min ... start
         out = []

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from skformer._utils import MAX_STANDARD_UNITS
+from skformer._utils import MAX_STANDARD_UNITS, real_array
 from skformer.layout import Layout
 
 __all__ = ["PositionTable", "PositionedNetwork", "parse_positions", "RANGE_SLACK",
@@ -80,20 +80,14 @@ def parse_positions(positions, layout: Layout, n_rows: int | None,
             raise ValueError(f"positions gives variable {name!r} twice.")
         if isinstance(value, torch.Tensor):
             value = value.detach().cpu().numpy()
-        if np.ma.isMaskedArray(value):  # a masked reading is an absent one
-            value = np.ma.filled(value.astype(np.float64), np.nan)
-        if getattr(getattr(value, "dtype", None), "kind", "") == "b":
+        kind = getattr(getattr(value, "dtype", None), "kind", "")
+        if kind == "b":
             raise ValueError(f"positions[{name!r}] holds booleans; positions are numbers.")
-        if getattr(getattr(value, "dtype", None), "kind", "") in ("M", "m"):
+        if kind in ("M", "m"):
             raise ValueError(f"positions[{name!r}] holds dates or time spans; give numbers "
                              "(e.g. days since a reference date) so that their unit is yours.")
-        if np.iscomplexobj(value):
-            raise ValueError(f"positions[{name!r}] holds complex numbers; positions are real.")
-        try:
-            arr = np.asarray(value, dtype=np.float64)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"positions[{name!r}] must be an array of numbers; got "
-                             f"{value!r}.") from err
+        # masked readings are absent (NaN); complex and non-numbers refused
+        arr = real_array(value, f"positions[{name!r}]")
         k = len(layout.groups[v]) if sizes is None else sizes.get(v)
         per_row = False
         if arr.ndim == 1:
