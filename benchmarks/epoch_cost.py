@@ -13,6 +13,11 @@ and prints the table of docs/speed.md.
 
     cd benchmarks
     python epoch_cost.py --baseline d_model=64 n_heads=4 --candidate d_model=32 n_heads=2
+    python epoch_cost.py --baseline variables=theta-x tokens=column \
+        --candidate variables=theta-x tokens=auto network.GROUP_EMBEDDING=mlp
+
+``variables=theta-x`` fits theta and x as two variables (the harness's ``--variables``);
+``network.NAME=VALUE`` sets a design constant of ``skformer.network`` in that setting's process.
     python epoch_cost.py --report
 """
 
@@ -61,11 +66,17 @@ def time_fit(task_name: str, params: dict, epochs: int) -> dict:
     from harness.methods import skformer_layout
     from harness.tasks import get_task
 
+    import skformer.network as network
+
     torch.set_num_threads(1)
+    params = dict(params)
+    for key in [k for k in params if k.startswith("network.")]:
+        setattr(network, key.removeprefix("network."), params.pop(key))
     task = get_task(task_name)
     theta, x = task.simulate(10_000, 0)
     X = task.joint(theta, x)
-    est = SimformerEstimator(**skformer_layout(task), random_state=0, max_epochs=epochs,
+    layout = skformer_layout(task, params.pop("variables", "task"))
+    est = SimformerEstimator(**layout, random_state=0, max_epochs=epochs,
                              early_stopping=False, **params)
     start = time.perf_counter()
     with warnings.catch_warnings():

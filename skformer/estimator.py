@@ -23,6 +23,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 import skformer._version as _version
 import skformer.distributed as distributed
+import skformer.network as network_module
 from skformer._legacy import pickle_state_to_description
 from skformer._utils import (
     MAX_STANDARD_UNITS,
@@ -116,17 +117,17 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         when a conditional is made, so ``set_params(bounds=...)`` applies to a fitted model
         without a refit. Inside the bounds a log density stays the model's: it is not
         renormalised for the mass the model puts outside them.
-    tokens : {"column", "variable"} or int, default="column"
-        What the Transformer attends over: one token per scalar column (the Simformer paper's
-        choice), one per variable (each embedding its columns' values and observed flags, as
-        sbi's Simformer does), or, for an int k, each variable cut into tokens of at most k
-        columns. Fewer tokens cut the work of every training step and every solver step
-        (measured at 1e4 simulations on one CPU thread: bernoulli_glm 10x faster, gaussian_linear
-        5x, two_moons 1.6x) at a cost in accuracy on variables of many columns (C2ST +0.015 to
-        +0.02 on gaussian_linear, bernoulli_glm and slcp; better on two_moons): see
-        docs/benchmarks.md. Tokens never mix variables; with several columns per token,
-        condition and edge masks must treat a token's columns alike. ``token_columns_`` lists
-        the columns of each token.
+    tokens : {"column", "variable", "auto"} or int, default="column"
+        How columns are grouped for the Transformer's middle blocks: one token per scalar
+        column (the Simformer paper's choice), one per variable, each variable cut into tokens
+        of at most k columns (an int k), or "auto" (chunks of at most 8 columns, at most 4
+        tokens per variable; one token per column where variables carry positions). With
+        groups, every column still keeps its own value, state and output: its own token in the
+        first and the last block, its group's token in the blocks between (an "hourglass"), so
+        every condition mask is answered, also one that observes part of a group, and training
+        draws such masks too (one row in five). Tokens never mix variables; an edge mask must
+        treat a token's columns alike. What each costs and how accurate it is:
+        docs/speed.md. ``token_columns_`` lists the columns of each token.
     d_model, n_layers, n_heads : int, default=64, 4, 4
         Transformer width, depth and attention heads.
     max_epochs : int, default=400
@@ -258,7 +259,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         "posterior_observed": [None, "array-like",
                                Interval(Integral, None, None, closed="neither")],
         "bounds": [None, dict],
-        "tokens": [StrOptions({"column", "variable"}),
+        "tokens": [StrOptions({"column", "variable", "auto"}),
                    Interval(Integral, 1, None, closed="left")],
         # the loaders' limits (MAX_ARCHITECTURE): whatever fit accepts, load restores
         "d_model": [Interval(Integral, 1, MAX_ARCHITECTURE["d_model"], closed="both")],
@@ -549,7 +550,8 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
             the variable can later be read anywhere (``condition(..., positions=...)``). T has
             shape ``(k,)`` or ``(k, dim)`` for the variable's ``k`` columns, shared by every
             row, or ``(n_samples, k)`` / ``(n_samples, k, dim)``, one set per row, with NaN for
-            a reading that is absent (its value is then ignored). Needs ``tokens="column"``.
+            a reading that is absent (its value is then ignored). Needs ``tokens="column"``
+            or ``"auto"``.
             In training each row keeps a random subset of these readings (see
             ``docs/positions.md``).
 
@@ -607,10 +609,11 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
             _check_new_rows(model, X)
         if group is not None:  # each rank draws its own masks, noise and order
             seeds = seeds.for_rank(group)
+        within = _splits_tokens(model)
         masks = TrainingMasks(self.condition_masks, self.edge_masks, layout, split, seeds.masks,
-                              device)
+                              device, within)
         validation_masks = TrainingMasks(self.condition_masks, self.edge_masks, layout, split,
-                                         seeds.validation, device)
+                                         seeds.validation, device, within)
         model = model.to(device)
         self._note_missing(model, X, keep=warm)
         # standard units, NaN where missing: the loop leaves those entries out
@@ -764,7 +767,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
             config = self._train_config(model)
             model.marginal_fraction = config.marginal_fraction
             masks = TrainingMasks(self.condition_masks, self.edge_masks, layout, split,
-                                  seeds.masks, device)
+                                  seeds.masks, device, _splits_tokens(model))
             trainer = PartialTrainer(copy.deepcopy(model.network).requires_grad_(True),
                                      model.dynamics, masks, config, seeds)
             self.model_ = model.requires_grad_(False).eval()
@@ -825,9 +828,9 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         model's position table); (X, None, None) without positions."""
         if positions is None:
             return X, None, None
-        if self.tokens != "column":
-            raise ValueError(f"positions need one token per column (tokens='column'); got "
-                             f"tokens={self.tokens!r}.")
+        if self.tokens not in ("column", "auto"):
+            raise ValueError(f"positions need one token per column (tokens='column' or "
+                             f"'auto'); got tokens={self.tokens!r}.")
         parsed = parse_positions(positions, layout, X.shape[0])
         dim = next(iter(parsed.values())).shape[-1]
         n = X.shape[0]
@@ -858,7 +861,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         """An untrained model: standardiser fitted to X, dynamics, freshly seeded network (on
         the CPU; the caller moves it). With ``positions``, the columns of each variable with
         positions share one identity and one standardisation."""
-        self.token_columns_ = self._token_columns(layout)
+        self.token_columns_ = self._token_columns(layout, positions is not None)
         dynamics = self._make_dynamics()
         groups = self.token_columns_
         if all(len(g) == 1 for g in groups):
@@ -879,7 +882,8 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
             torch.manual_seed(seeds.weights)
             network = MaskedTransformer(layout.n_columns, self.d_model, self.n_layers,
                                         self.n_heads, groups=groups, identities=identities,
-                                        position_dim=dim)
+                                        position_dim=dim,
+                                        group_embedding=network_module.GROUP_EMBEDDING)
         return SimformerModel(network, dynamics,
                               Standardiser.from_data(torch.as_tensor(X), tied), layout,
                               positions=positions)
@@ -894,11 +898,9 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
                                device=Z.device)
         return Z[perm[n_val:]], (Z[perm[:n_val]] if n_val else None)
 
-    def _token_columns(self, layout: Layout) -> list[list[int]]:
-        """The columns of each token: each variable cut into tokens of at most k columns."""
-        k = {"column": 1, "variable": layout.n_columns}.get(self.tokens, self.tokens)
-        return [[int(c) for c in chunk] for g in layout.groups
-                for chunk in np.array_split(np.asarray(g), -(-len(g) // k))]
+    def _token_columns(self, layout: Layout, positions: bool = False) -> list[list[int]]:
+        """The columns of each token (``tokens`` resolved by the layout)."""
+        return layout.token_columns(self.tokens, positions)
 
     def _resolve_batch_size(self, n_train: int, device: torch.device) -> int:
         if self.batch_size == "auto":
@@ -1073,29 +1075,21 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         return layout.edge_columns(edge_mask)
 
     def _check_token_masks(self, columns: np.ndarray, edges: np.ndarray | None) -> None:
-        """With several columns per token, masks must treat a token's columns alike."""
+        """With several columns per token, an edge mask must treat a token's columns alike
+        (a condition mask may split a token: each column keeps its own state)."""
         groups = self.network_.groups
-        if groups is None:
+        if groups is None or edges is None:
             return
-        names = self.layout_.column_names
-        split = [[names[c] for c in g] for g in groups if len(set(columns[g])) > 1]
-        if split:
+        token = np.empty(len(columns), dtype=np.int64)
+        for t, g in enumerate(groups):
+            token[g] = t
+        firsts = [g[0] for g in groups]
+        blocks = edges[np.ix_(firsts, firsts)][np.ix_(token, token)]
+        if not np.array_equal(edges, blocks | np.eye(len(columns), dtype=bool)):
             raise ValueError(
-                f"condition_mask observes part of the tokens {split}: this model embeds several "
-                "columns per token (token_columns_), so a mask must observe all of a token's "
-                "columns or none; observe whole variables, or fit with tokens='column'."
+                "edge_mask differs between columns of one token (token_columns_): give it "
+                "per variable, or fit with tokens='column'."
             )
-        if edges is not None:
-            token = np.empty(len(columns), dtype=np.int64)
-            for t, g in enumerate(groups):
-                token[g] = t
-            firsts = [g[0] for g in groups]
-            blocks = edges[np.ix_(firsts, firsts)][np.ix_(token, token)]
-            if not np.array_equal(edges, blocks | np.eye(len(columns), dtype=bool)):
-                raise ValueError(
-                    "edge_mask differs between columns of one token (token_columns_): give it "
-                    "per variable, or fit with tokens='column'."
-                )
 
     def _split_conditional(self, observed_vars: list[int], returned_vars: list[int], edge_mask,
                            positions=None):
@@ -1313,6 +1307,12 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         restored = type(self)._from_description(state["description"], state["tensors"],
                                                 validate=False)
         self.__dict__.update(restored.__dict__)
+
+
+def _splits_tokens(model: SimformerModel) -> bool:
+    """Whether the model's tokens carry several columns (training then draws masks that
+    observe part of a token)."""
+    return any(len(g) > 1 for g in model.network.groups or [])
 
 
 def _check_step_memory(model: SimformerModel, rows: int, device: torch.device) -> None:

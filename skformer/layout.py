@@ -1,7 +1,9 @@
 """Columns, variables and tokens: the one place where masks are normalised and validated.
 
-A *column* is one scalar of the joint vector and becomes one token of the network. A *variable*
-is a group of columns that masks address as one unit (all of theta, say). Masks may be given per
+A *column* is one scalar of the joint vector. A *variable* is a group of columns that masks
+address as one unit (all of theta, say). A *token* of the network carries one column or a chunk
+of one variable's columns (:meth:`Layout.token_columns`); masks stay per column whatever the
+tokens. Masks may be given per
 variable or per column; :class:`Layout` expands variable masks to column masks here and nowhere
 else, for numpy arrays and torch tensors alike, and names the expected shapes in its errors.
 """
@@ -15,7 +17,19 @@ from functools import cached_property
 import numpy as np
 import torch
 
-__all__ = ["Layout", "as_bool_array"]
+__all__ = ["Layout", "as_bool_array", "auto_token_count"]
+
+
+AUTO_COLUMNS_PER_TOKEN = 8
+AUTO_TOKENS_PER_VARIABLE = 4
+
+
+def auto_token_count(width: int) -> int:
+    """Tokens of a variable of ``width`` columns under ``tokens="auto"``: chunks of at most
+    :data:`AUTO_COLUMNS_PER_TOKEN` columns, and at most :data:`AUTO_TOKENS_PER_VARIABLE`
+    tokens (wider chunks beyond that), so that a step's cost stays near that of one token per
+    variable however wide the data (a curve of 96 readings: 4 tokens, not 96)."""
+    return max(1, min(AUTO_TOKENS_PER_VARIABLE, -(-int(width) // AUTO_COLUMNS_PER_TOKEN)))
 
 
 def as_bool_array(mask, what: str) -> np.ndarray:
@@ -296,6 +310,23 @@ class Layout:
         if isinstance(cols, torch.Tensor):
             return torch.stack([cols[..., list(g)].all(-1) for g in self.groups], -1)
         return np.stack([cols[..., list(g)].all(-1) for g in self.groups], -1)
+
+    # ------------------------------------------------------------------ tokens
+    def token_columns(self, tokens, positions: bool = False) -> list[list[int]]:
+        """The columns of each token: every variable cut into consecutive chunks.
+
+        ``tokens``: "column" (one token per column), "variable" (one per variable), an int k
+        (chunks of at most k columns), or "auto" (:func:`auto_token_count` tokens per
+        variable; one per column when ``positions``: variables with positions need them).
+        Tokens never mix variables.
+        """
+        def count(width: int) -> int:
+            if tokens == "auto":
+                return width if positions else auto_token_count(width)
+            k = {"column": 1, "variable": width}.get(tokens, tokens)
+            return -(-width // int(k))
+        return [[int(c) for c in chunk] for g in self.groups
+                for chunk in np.array_split(np.asarray(g), count(len(g)))]
 
     # ------------------------------------------------------------------ one user mask
     def condition_columns(self, condition_mask) -> np.ndarray:

@@ -20,6 +20,11 @@ Named condition-mask generators:
     declared posterior split it serves every conditional alike: the joint in one part in five,
     Bernoulli(0.3) and Bernoulli(0.7) masks in two each.
 
+Tokens of several columns (``tokens`` other than "column"): with a named generator, one row in
+:data:`WITHIN_FRACTION` draws its mask per column instead (each row observes each column with
+its own probability p ~ U(0, 1), the "uniform" draw over columns), so that the network learns
+the conditionals that observe part of a token, and of a variable.
+
 A user's callable ``condition_masks(rng, n)`` receives a ``numpy.random.Generator`` and returns
 a numpy-compatible bool array of shape (n, n_variables); a callable ``edge_masks(masks)``
 receives those condition masks as a numpy bool array and returns (n, V, V) or (V, V) bools.
@@ -40,6 +45,10 @@ from skformer.layout import Layout, as_bool_array
 __all__ = ["CONDITION_MASK_NAMES", "TrainingMasks", "condition_sampler", "edge_sampler"]
 
 CONDITION_MASK_NAMES = ("bernoulli", "uniform", "structured")
+
+WITHIN_FRACTION = 0.2
+"""The share of training rows whose condition mask is drawn per column when tokens carry
+several columns (one part in five, as each part of the "structured" mixture)."""
 
 ConditionSampler = Callable[[int], torch.Tensor]
 """``n -> (n, n_variables)`` or ``(n, n_columns)`` bool tensor on the training device."""
@@ -247,6 +256,9 @@ class TrainingMasks:
     seed : int
         Seeds this object's own generators (one stream of the fit's seed tree).
     device : torch.device
+    within : bool, default=False
+        Draw :data:`WITHIN_FRACTION` of the rows' masks per column (tokens of several
+        columns), when ``condition_masks`` is a named generator.
 
     Calling it with ``n`` gives ``(observed, edges)``: a bool tensor of shape (n, n_columns),
     True = observed, and a bool tensor of shape (n, n_columns, n_columns) or None.
@@ -254,13 +266,19 @@ class TrainingMasks:
 
     def __init__(self, condition_masks, edge_masks, layout: Layout,
                  split: tuple[list[int], list[int]] | None, seed: int,
-                 device: torch.device | str):
-        seeds = np.random.SeedSequence(seed).generate_state(2, dtype=np.uint64) >> 1
+                 device: torch.device | str, within: bool = False):
+        within = within and isinstance(condition_masks, str) and layout.n_columns > 1
+        seeds = np.random.SeedSequence(seed).generate_state(2 + within, dtype=np.uint64) >> 1
         self.layout = layout
         self._generators: list = []
         self._condition = condition_sampler(condition_masks, layout, split, int(seeds[0]),
                                             device, self._generators)
         self._edges = edge_sampler(edge_masks, layout, int(seeds[1]), device, self._generators)
+        self._dag = isinstance(edge_masks, DAG)
+        self._within = None
+        if within:
+            gen = _generator(int(seeds[2]), device, self._generators)
+            self._within = (_uniform(layout.n_columns, gen), gen)
 
     def get_state(self) -> list:
         """The state of every random stream the masks draw from (see :meth:`set_state`)."""
@@ -278,5 +296,11 @@ class TrainingMasks:
     def __call__(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         drawn = self._condition(n)
         observed = self.layout.expand_condition(drawn)
+        if self._within is not None:
+            per_column, gen = self._within
+            pick = torch.rand(n, 1, generator=gen, device=gen.device) < WITHIN_FRACTION
+            observed = torch.where(pick, per_column(n), observed)
+            if self._dag:  # the DAG's mask for the mask drawn (a split variable: latent)
+                drawn = observed
         edges = None if self._edges is None else self._edges(drawn)
         return observed, edges

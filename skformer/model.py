@@ -24,7 +24,7 @@ from skformer.dynamics import Dynamics, make_dynamics
 from skformer.dynamics.solvers import Denoiser, log_density, solve, with_divergence
 from skformer.guidance import LinearConstraints, intersect, sample_each_satisfying
 from skformer.layout import Layout
-from skformer.network import LATENT, MISSING, OBSERVED, MaskedTransformer
+from skformer.network import GROUP_EMBEDDINGS, LATENT, MISSING, OBSERVED, MaskedTransformer
 from skformer.positions import PositionedNetwork, PositionTable
 
 __all__ = ["Standardiser", "SimformerModel", "MAX_ARCHITECTURE", "MAX_ATTENTION_BYTES"]
@@ -628,7 +628,7 @@ class SimformerModel(nn.Module):
         dynamics = make_dynamics(spec.get("method"), spec["config"])
         arch = description.get("network")
         keys = ("n_tokens", "d_model", "n_layers", "n_heads")
-        optional = {"groups", "identities", "position_dim"}
+        optional = {"groups", "identities", "position_dim", "group_embedding"}
         if not isinstance(arch, dict) or not set(keys) <= set(arch) <= {*keys, *optional} \
                 or not all(type(arch[k]) is int and arch[k] >= 1 for k in keys):
             raise ValueError(f"the network description needs positive integers {keys} (and "
@@ -648,6 +648,10 @@ class SimformerModel(nn.Module):
         if (table.dim if table is not None else 0) != pdim:
             raise ValueError(f"the network embeds positions of dimension {pdim!r} but the "
                              f"model describes {table.describe() if table else 'none'}.")
+        if arch.get("group_embedding", "linear") not in GROUP_EMBEDDINGS or (
+                "group_embedding" in arch and "groups" not in arch):
+            raise ValueError(f"network group_embedding must be 'mlp' or 'linear', with groups; "
+                             f"got {arch.get('group_embedding')!r}.")
         groups = arch.get("groups")
         if groups is not None and not (isinstance(groups, list) and all(
                 isinstance(g, list) and all(type(c) is int for c in g) for g in groups)):

@@ -1,10 +1,12 @@
-"""The masked Transformer: one token per scalar column of the joint vector, or per variable.
+"""The masked Transformer: one token per scalar column of the joint vector, or per column group.
 
 Each token embeds its (possibly noisy) value, its identity (which column it is) and its condition
 state (observed or latent); a Fourier embedding of the diffusion time is added to every token.
-With ``groups`` a token stands for a group of columns (a variable): it embeds their values and
-observed flags through weights of its own and its head reads one output per column, so the
-rest of skformer still sees columns, and every step costs work for far fewer tokens.
+With ``groups`` the blocks between the first and the last attend over one token per group of
+columns (a chunk of a variable), while every column keeps its own value and state (latent,
+observed or missing) and its own output, so the rest of skformer still sees columns, a mask
+may observe part of a group, and the blocks between cost work for far fewer tokens
+(``group_embedding``: the "hourglass" keeps per-column tokens in the first and last block).
 Pre-LayerNorm blocks attend under a per-sample boolean mask built from the edge mask, and a
 per-token head reads one output per column (Gloeckler et al., "All-in-one simulation-based
 inference", ICML 2024, section 3).
@@ -68,6 +70,11 @@ class FourierPosition(nn.Module):
         return torch.where(has, self.proj(feats), 0.0)
 
 
+GROUP_EMBEDDINGS = ("linear", "mlp", "hourglass", "readout")
+
+GROUP_EMBEDDING = "readout"
+"""The design of new networks with tokens of several columns (see ``group_embedding``)."""
+
 ATTENTION = "auto"
 """How attention is computed: "sdpa" (``F.scaled_dot_product_attention``), "math" (two matrix
 products and a softmax), or "auto": "math" on a GPU for at most :data:`SMALL_T` tokens, where
@@ -130,10 +137,21 @@ class MaskedTransformer(nn.Module):
     d_model, n_layers, n_heads : int
         Width, depth and number of attention heads (``d_model % n_heads == 0``).
     groups : list of lists of int, optional
-        One token per group of columns (e.g. per variable): a token embeds the values and the
-        observed flags of its columns through weights of its own, and its head reads one output
-        per column. None: one token per column, embedding value, column identity and condition
-        state (the Simformer paper's tokens).
+        One token per group of columns (e.g. a chunk of a variable): a token embeds each of its
+        columns' value and state (latent, observed, missing) through weights of its own, and
+        its head reads one output per column, so a mask may observe part of a token. None: one
+        token per column, embedding value, column identity and condition state (the Simformer
+        paper's tokens).
+    group_embedding : {"hourglass", "mlp", "linear"}, default="linear"
+        The design with ``groups``. "hourglass": every column is a token (value, identity,
+        state) through the first and the last block, and one token per group (the mean of its
+        columns and the group's identity) through the blocks between, added back to each of
+        its columns; a column's output comes from its own token. "mlp": one token per group
+        throughout, embedding each column's value as latent and as observed, its observed and
+        missing flags through the group's own linear layer plus a shared SiLU and linear
+        layer; its head reads one output per column. "linear": as "mlp" with only the group's
+        linear layer over value, observed and missing flags (models saved before the others
+        existed).
     identities : list of int, optional
         One token per column: the identity embedding of each column (columns that sample one
         function share one). None: every column its own, ``0 .. n_tokens - 1``.
@@ -144,8 +162,12 @@ class MaskedTransformer(nn.Module):
 
     def __init__(self, n_tokens: int, d_model: int = 64, n_layers: int = 4, n_heads: int = 4,
                  groups: list[list[int]] | None = None, identities: list[int] | None = None,
-                 position_dim: int = 0):
+                 position_dim: int = 0, group_embedding: str = "linear"):
         super().__init__()
+        if group_embedding not in GROUP_EMBEDDINGS:
+            raise ValueError(f"group_embedding must be one of {GROUP_EMBEDDINGS}; got "
+                             f"{group_embedding!r}.")
+        self.group_embedding = group_embedding
         if d_model % n_heads:
             raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads}).")
         self.n_tokens, self.d_model = n_tokens, d_model
@@ -163,7 +185,14 @@ class MaskedTransformer(nn.Module):
         self.position = (FourierPosition(self.position_dim, d_model)
                          if self.position_dim > 0 else None)
         self._default_ids: dict[torch.device, torch.Tensor] = {}
-        if self.groups is None:
+        self._indexes: dict = {}
+        if self.groups is not None:
+            flat = sorted(c for g in self.groups for c in g)
+            if flat != list(range(n_tokens)) or not all(self.groups):
+                raise ValueError(f"groups must partition the {n_tokens} columns; got {groups}.")
+        hourglass = groups is not None and group_embedding == "hourglass"
+        readout = groups is not None and group_embedding == "readout"
+        if self.groups is None or hourglass or readout:
             self.value = nn.Linear(1, d_model)
             n_ids = n_tokens if self.identities is None else max(self.identities) + 1
             self.token_id = nn.Embedding(n_ids, d_model)
@@ -171,21 +200,32 @@ class MaskedTransformer(nn.Module):
             self.head = nn.Linear(d_model, 1)
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
-        else:
-            flat = sorted(c for g in self.groups for c in g)
-            if flat != list(range(n_tokens)) or not all(self.groups):
-                raise ValueError(f"groups must partition the {n_tokens} columns; got {groups}.")
+        if hourglass:  # per-column blocks first and last, one token per group between
+            self.column_in = Block(d_model, n_heads)
+            self.column_out = Block(d_model, n_heads)
+            self.group_id = nn.Embedding(len(self.groups), d_model)
+            self.up = nn.Linear(d_model, d_model)
+        if readout:  # the last block per column, reading its group's token
+            self.column_out = Block(d_model, n_heads)
+            self.up = nn.Linear(d_model, d_model)
+        if self.groups is not None and not hourglass:
             V, width = len(self.groups), max(len(g) for g in self.groups)
-            self._indexes: dict[torch.device, torch.Tensor] = {}
-            # inputs per column: value, observed flag, missing flag
-            bound = 1 / math.sqrt(3 * width)  # nn.Linear's initialisation for 3 * width inputs
-            self.embed_weight = nn.Parameter(torch.empty(V, 3 * width, d_model).uniform_(
+            # inputs per column: value, observed flag, missing flag ("linear"); value if latent,
+            # value if observed, observed flag, missing flag (the others)
+            n_in = (3 if group_embedding == "linear" else 4) * width
+            bound = 1 / math.sqrt(n_in)  # nn.Linear's initialisation for n_in inputs
+            self.embed_weight = nn.Parameter(torch.empty(V, n_in, d_model).uniform_(
                 -bound, bound))
             self.embed_bias = nn.Parameter(torch.empty(V, d_model).uniform_(-bound, bound))
-            self.head_weight = nn.Parameter(torch.zeros(V, d_model, width))
-            self.head_bias = nn.Parameter(torch.zeros(V, width))
+            if group_embedding in ("mlp", "readout"):
+                self.embed_out = nn.Sequential(nn.SiLU(), nn.Linear(d_model, d_model))
+            if not readout:
+                self.head_weight = nn.Parameter(torch.zeros(V, d_model, width))
+                self.head_bias = nn.Parameter(torch.zeros(V, width))
         self.time = FourierTime(d_model)
-        self.blocks = nn.ModuleList(Block(d_model, n_heads) for _ in range(n_layers))
+        middle = max(n_layers - 2, 0) if hourglass else max(n_layers - 1, 0) if readout \
+            else n_layers
+        self.blocks = nn.ModuleList(Block(d_model, n_heads) for _ in range(middle))
         self.norm = nn.LayerNorm(d_model)
 
     def _index(self, device: torch.device) -> torch.Tensor:
@@ -214,7 +254,16 @@ class MaskedTransformer(nn.Module):
             out["identities"] = list(self.identities)
         if self.position_dim:
             out["position_dim"] = self.position_dim
+        if self.groups is not None and self._group_embedding != "linear":
+            out["group_embedding"] = self._group_embedding
         return out
+
+    @property
+    def _group_embedding(self) -> str:
+        # pickles of networks made before group_embedding existed lack the attribute
+        if self.groups is None:
+            return "linear"
+        return getattr(self, "group_embedding", "linear")
 
     def _ids(self, device: torch.device) -> torch.Tensor:
         """The training columns' identities as a tensor on ``device`` (made once per device)."""
@@ -239,10 +288,16 @@ class MaskedTransformer(nn.Module):
         def per_token(columns):
             return torch.cat([columns.expand(B, T).to(x.dtype), pad], 1)[:, index]
 
-        parts = [per_token(x), per_token(observed),
+        flags = [per_token(observed),
                  per_token(missing if missing is not None else x.new_zeros(1, T))]
-        inputs = torch.cat(parts, -1)  # (B, V, 3 * width)
-        return torch.einsum("bvi,vid->bvd", inputs, self.embed_weight) + self.embed_bias
+        if self._group_embedding == "linear":
+            inputs = torch.cat([per_token(x), *flags], -1)  # (B, V, 3 * width)
+            return torch.einsum("bvi,vid->bvd", inputs, self.embed_weight) + self.embed_bias
+        seen = observed.expand(B, T)
+        values = [per_token(torch.where(seen, 0.0, x)), per_token(torch.where(seen, x, 0.0))]
+        inputs = torch.cat([*values, *flags], -1)  # (B, V, 4 * width)
+        h = torch.einsum("bvi,vid->bvd", inputs, self.embed_weight) + self.embed_bias
+        return h + self.embed_out(h)
 
     def _read(self, h):
         if self.groups is None:
@@ -292,7 +347,13 @@ class MaskedTransformer(nn.Module):
         if (positions is None) != (self.position is None):
             raise ValueError("this network embeds positions: pass positions=" if positions is None
                              else "this network has no position embedding (position_dim=0).")
-        h = self._embed(x, observed, missing, positions, identities) + self.time(t)[:, None, :]
+        if self.groups is not None and self._group_embedding == "hourglass":
+            return self._hourglass(x, t, observed, missing, edges)
+        when = self.time(t)[:, None, :]
+        h = self._embed(x, observed, missing, positions, identities) + when
+        if self._group_embedding == "readout":
+            columns = self._column_tokens(x, observed, missing) + when
+            column_mask = _attention_mask(edges, missing, x.shape[0], x.shape[1], h.device)
         if self.groups is not None:
             first = self._index(h.device)[:, 0]
             if edges is not None:
@@ -301,14 +362,66 @@ class MaskedTransformer(nn.Module):
                 missing = torch.cat([missing.expand(x.shape[0], -1),
                                      missing.new_ones(x.shape[0], 1)], 1)[
                     :, self._index(h.device)].all(-1)
-        if missing is not None:  # no token attends to a missing one (each still to itself)
-            slots = h.shape[1]
-            eye = torch.eye(slots, dtype=torch.bool, device=h.device)
-            seen = (~missing.expand(h.shape[0], slots))[:, None, :] | eye
-            edges = seen if edges is None else (edges & seen) | eye
-        attn_mask = None
-        if edges is not None:
-            attn_mask = edges[:, None] if edges.ndim == 3 else edges
+        attn_mask = _attention_mask(edges, missing, h.shape[0], h.shape[1], h.device)
         for block in self.blocks:
             h = block(h, attn_mask)
+        if self._group_embedding == "readout":
+            h = columns + self.up(h)[:, self._column_token(h.device)]
+            h = self.column_out(h, column_mask)
+            return self.head(self.norm(h)).squeeze(-1)
         return self._read(self.norm(h))
+
+    def _column_tokens(self, x, observed, missing):
+        """One token per column: value, identity and condition state (no time)."""
+        B, T = x.shape
+        if missing is not None:
+            x = torch.where(missing, 0.0, x)
+        return (self.value(x[..., None]) + self.token_id(self._ids(x.device))
+                + self.condition(observed.long().expand(B, T)))
+
+    def _hourglass(self, x, t, observed, missing, edges):
+        """Per-column tokens through the first and the last block, one token per group (the
+        mean of its columns and the group's identity) through the blocks between, added back
+        to each of its columns."""
+        B, T = x.shape
+        h = self._column_tokens(x, observed, missing) + self.time(t)[:, None, :]
+        column_mask = _attention_mask(edges, missing, B, T, h.device)
+        h = self.column_in(h, column_mask)
+        index = self._index(h.device)
+        padded = torch.cat([h, h.new_zeros(B, 1, h.shape[-1])], 1)[:, index]  # (B, V, w, d)
+        sizes = (index < T).sum(-1, keepdim=True).to(h.dtype)
+        g = padded.sum(2) / sizes + self.group_id.weight
+        first = index[:, 0]
+        group_edges = None if edges is None else edges[..., first[:, None], first[None, :]]
+        group_missing = None
+        if missing is not None:
+            group_missing = torch.cat([missing.expand(B, -1), missing.new_ones(B, 1)], 1)[
+                :, index].all(-1)
+        group_mask = _attention_mask(group_edges, group_missing, B, g.shape[1], h.device)
+        for block in self.blocks:
+            g = block(g, group_mask)
+        h = h + self.up(g)[:, self._column_token(h.device)]
+        h = self.column_out(h, column_mask)
+        return self.head(self.norm(h)).squeeze(-1)
+
+    def _column_token(self, device: torch.device) -> torch.Tensor:
+        """(columns,) the token (group) of each column, made once per device."""
+        key = ("column_token", device)
+        if key not in self._indexes:
+            token = torch.empty(self.n_tokens, dtype=torch.long)
+            for v, g in enumerate(self.groups):
+                token[g] = v
+            self._indexes[key] = token.to(device)
+        return self._indexes[key]
+
+
+def _attention_mask(edges, missing, batch: int, slots: int, device) -> torch.Tensor | None:
+    """The blocks' boolean attention mask from an edge mask (or None) and the missing tokens
+    (or None): no token attends to a missing one (each still to itself)."""
+    if missing is not None:
+        eye = torch.eye(slots, dtype=torch.bool, device=device)
+        seen = (~missing.expand(batch, slots))[:, None, :] | eye
+        edges = seen if edges is None else (edges & seen) | eye
+    if edges is None:
+        return None
+    return edges[:, None] if edges.ndim == 3 else edges

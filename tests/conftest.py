@@ -61,6 +61,18 @@ def device(pytestconfig: pytest.Config) -> torch.device:
     return pytestconfig.stash[_DEVICE_KEY]
 
 
+# fitted models by (method, device), kept for the whole process: pytest keeps one instance of
+# a parametrised fixture at a time and refits it whenever the parameter switches back (as with
+# --dist loadfile, where every file that uses it switches score -> flow)
+_FITTED: dict = {}
+
+
+def _fingerprint(est) -> tuple:
+    """The parameters and weights of a fitted estimator, to check that no test changed it."""
+    params = repr(sorted(est.get_params().items()))
+    return params, {k: v.detach().clone() for k, v in est.model_.state_dict().items()}
+
+
 @pytest.fixture(scope="session", params=["score", "flow"])
 def fitted(request, device):
     """A small model of each method fitted once on the seed task, shared by the test files."""
@@ -72,8 +84,18 @@ def fitted(request, device):
 
     from _data import TINY, seed_task
 
+    key = (request.param, str(device))
+    if key in _FITTED:
+        est, (params, state) = _FITTED[key]
+        now_params, now_state = _fingerprint(est)
+        assert now_params == params and now_state.keys() == state.keys() and all(
+            torch.equal(now_state[k], state[k]) for k in state
+        ), "a test changed the shared fitted fixture (copy it before changing it)"
+        return est
     est = SimformerEstimator(method=request.param, max_epochs=40, random_state=0,
                              device=device, **TINY)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        return est.fit(seed_task())
+        est.fit(seed_task())
+    _FITTED[key] = est, _fingerprint(est)
+    return est

@@ -439,23 +439,22 @@ def test_lotka_volterra_reference_sampler_recovers_a_known_posterior(monkeypatch
 
 
 def test_token_layout_scores_both_layouts_and_resumes(tmp_path, monkeypatch):
-    """benchmarks/token_layout.py: a model with one token per column answers the conditional
-    within the variables, one with a token per variable refuses it (recorded, not raised); a
-    second run fits nothing that is done."""
+    """benchmarks/token_layout.py: models with one token per column and one per variable
+    both answer the conditional within the variables; a second run fits nothing that is
+    done."""
     import token_layout
 
-    monkeypatch.setattr(token_layout, "SETTINGS", [("column", 2), ("variable", 2)])
+    monkeypatch.setattr(token_layout, "SETTINGS",
+                        [("column", 2, "-"), ("variable", 2, "mlp")])
     out = tmp_path / "layout.csv"
     token_layout.main(["--out", str(out)])
     done = _rows(out)
-    assert [(r["method"], r["tokens"]) for r in done] == [
-        ("score", "column"), ("score", "variable"), ("flow", "column"), ("flow", "variable")]
+    assert [(r["method"], r["tokens"], r["design"]) for r in done] == [
+        ("score", "column", "-"), ("score", "variable", "mlp"), ("flow", "column", "-"),
+        ("flow", "variable", "mlp")]
     for r in done:
         assert float(r["train_s"]) > 0 and float(r["post_logprob_mae"]) >= 0
-        if r["tokens"] == "column":
-            assert float(r["mixed_std_err"]) >= 0
-        else:
-            assert r["mixed_mean_err"] == r["mixed_std_err"] == "refused"
+        assert float(r["mixed_mean_err"]) >= 0 and float(r["mixed_std_err"]) >= 0
 
     def no_fit(*args):
         raise AssertionError(f"refitted {args}")
@@ -463,7 +462,10 @@ def test_token_layout_scores_both_layouts_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setattr(token_layout, "fit_and_score", no_fit)
     token_layout.main(["--out", str(out)])
     assert len(_rows(out)) == 4
-    assert "| score | variable | 2 |" in token_layout.report(out)
+    assert "| score | variable | mlp | 2 |" in token_layout.report(out)
+    import skformer.network as network
+
+    assert network.GROUP_EMBEDDING == "readout"  # the design set for one fit is put back
 
 
 def test_gpu_options_parse_as_the_harness_does():

@@ -33,7 +33,9 @@ def test_seed_tutorial(cls, tmp_path, device):
     inference.append_simulations(inputs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        net = inference.train(max_num_epochs=40)
+        # 20 epochs: the largest error of the means checked below (tolerance 0.05) is
+        # 0.003-0.023 over torch seeds and random states 0, 1, 2 for both classes
+        net = inference.train(max_num_epochs=20)
     assert isinstance(net, torch.nn.Module)
 
     conditional = inference.build_conditional(condition_mask=[False, True])

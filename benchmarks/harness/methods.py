@@ -80,9 +80,9 @@ class Runner:
 # --------------------------------------------------------------------------- skformer
 def skformer_layout(task: Task, variables: str = "task", split: bool = True) -> dict:
     """The ``variables`` / ``posterior_latent`` / ``posterior_observed`` a task is fitted with:
-    its own ("task"), or theta and x as two variables ("theta-x", for posterior-only tasks);
+    its own ("task"), or theta and x as two variables ("theta-x", for tasks without a DAG);
     without ``split``, no posterior split is declared."""
-    if variables == "theta-x" and "conditionals" not in task.targets:
+    if variables == "theta-x" and not hasattr(task, "PARENTS"):  # a DAG keeps its variables
         out = dict(variables=[task.dim_theta, task.dim_x], posterior_latent=[0],
                    posterior_observed=[1])
     else:

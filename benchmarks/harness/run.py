@@ -141,6 +141,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="extra SimformerEstimator parameters for the skformer methods "
                          "(values read as JSON when they parse, e.g. tokens=variable "
                          "dynamics_options='{\"p_mean\": -1}'); recorded in the config column")
+    ap.add_argument("--network-option", nargs="+", default=[], metavar="NAME=VALUE",
+                    help="set a design constant of skformer.network for this run (e.g. "
+                         "GROUP_EMBEDDING=mlp), or of skformer.masks (masks.WITHIN_FRACTION=0); "
+                         "recorded in the config column")
     ap.add_argument("--variables", choices=["task", "theta-x"], default="task",
                     help="skformer's variables: each task's own, or theta and x as two "
                          "variables on the posterior-only tasks; recorded in the config column")
@@ -200,8 +204,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def _observations(task_name: str, args) -> list[int]:
-    if "conditionals" in get_task(task_name).targets:  # observation k = random mask k
+def _observations(task_name: str, args, target: str = "posterior") -> list[int]:
+    """The observations scored for a target: random masks 1..--dag-masks for the conditionals
+    (and for the posterior of tasks whose observations are unlimited draws), else
+    --observations."""
+    task = get_task(task_name)
+    if "conditionals" in task.targets and (target == "conditionals"
+                                           or task.n_observations is None):
         return list(range(1, args.dag_masks + 1))
     return args.observations
 
@@ -233,6 +242,8 @@ def _config(args) -> str:
         config += "+split=none"
     for pair in getattr(args, "skformer", []):
         config += f"+{pair}"
+    for pair in getattr(args, "network_option", []):
+        config += f"+{pair}" if pair.startswith("masks.") else f"+network.{pair}"
     if args.samples != (QUICK["samples"] if args.quick else 10_000):
         config += f"+samples={args.samples}"
     return config
@@ -377,7 +388,29 @@ def run(args: argparse.Namespace) -> Path:
         torch.set_num_threads(threads)  # in-process callers (the tests) get theirs back
 
 
+def _network_options(pairs: list[str]) -> None:
+    """Set design constants of skformer.network (``NAME=VALUE``) or skformer.masks
+    (``masks.NAME=VALUE``); the name must exist, values are read as JSON where they parse."""
+    import skformer.masks as masks
+    import skformer.network as network
+
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        module = network
+        if name.startswith("masks."):
+            module, name = masks, name.removeprefix("masks.")
+        if not sep or not name.isupper() or not hasattr(module, name):
+            raise SystemExit(f"--network-option takes NAME=VALUE with a constant of "
+                             f"skformer.network (or masks.NAME of skformer.masks); got {pair!r}.")
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            pass
+        setattr(module, name, value)
+
+
 def _run(args: argparse.Namespace) -> Path:
+    _network_options(getattr(args, "network_option", []))
     results = ResultsCSV(args.out)
     done = results.done(args.retry_failed)
     config = _config(args)
@@ -389,7 +422,6 @@ def _run(args: argparse.Namespace) -> Path:
 
     for task_name in args.tasks:
         task = get_task(task_name)
-        observations = _observations(task_name, args)
         for budget in args.budgets:
             for seed in args.seeds:
                 for method in args.methods:
@@ -397,7 +429,8 @@ def _run(args: argparse.Namespace) -> Path:
                     base = dict(task=task_name, budget=budget, method=method, seed=seed,
                                 config=config, device=args.device, machine=where,
                                 command=args.command, n_samples=args.samples)
-                    jobs = [(t, k) for t in task.targets for k in observations
+                    jobs = [(t, k) for t in task.targets
+                            for k in _observations(task_name, args, t)
                             if t == "posterior" or runner.conditionals]
                     pending = [(t, k) for t, k in jobs
                                if tuple(str(v) for v in (task_name, t, budget, method, k, seed,

@@ -10,6 +10,8 @@ are latent (theta) and observed (x) for the posterior.
   sbibm tasks, simulators re-implemented from sbibm's task definitions; observations 1..10 and
   their 10,000 reference posterior samples read from the files the ``sbibm`` package ships
   (``sbibm/tasks/<task>/files/num_observation_<k>/``), located without importing sbibm.
+- ``gaussian_curve``: 8 parameters and a curve of 96 readings (104 columns, linear-Gaussian):
+  exact posterior and conditionals; the wide task of the fit-cost issue.
 - ``gaussian_dag``: a linear-Gaussian DAG over 12 scalar variables (fixed weights): exact
   samples of every conditional by Gaussian conditioning. Scored on the posterior (variables 0-3
   given 4-11) and on all conditionals: observation k is a random condition mask and a joint
@@ -226,12 +228,80 @@ def _box(low, high, dim, device):
     )
 
 
-class GaussianLinear(SbibmTask):
-    """theta ~ N(0, 0.1 I_10), x ~ N(theta, 0.1 I_10) (sbibm's "scale" is a variance)."""
+# --------------------------------------------------------------------------- Gaussian joints
+class GaussianJoint:
+    """Exact conditionals of a Gaussian joint N(``mean``, ``cov``) over all columns, for any
+    condition mask over the columns (True = observed)."""
+
+    mean: np.ndarray
+    cov: np.ndarray
+
+    def conditional(self, mask, values) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and covariance of the latent columns (mask False) given the observed ones
+        (mask True) at ``values`` (one per observed column, in order)."""
+        mask = np.asarray(mask, dtype=bool)
+        o, u = np.flatnonzero(mask), np.flatnonzero(~mask)
+        if len(u) == 0:
+            raise ValueError("the condition mask observes every variable.")
+        mu, S = self.mean, self.cov
+        if len(o) == 0:
+            return mu[u].copy(), S[np.ix_(u, u)].copy()
+        K = np.linalg.solve(S[np.ix_(o, o)], S[np.ix_(o, u)]).T  # S_uo S_oo^-1
+        mean = mu[u] + K @ (np.asarray(values, dtype=np.float64) - mu[o])
+        cov = S[np.ix_(u, u)] - K @ S[np.ix_(o, u)]
+        return mean, (cov + cov.T) / 2
+
+    def sample_conditional(self, mask, values, n, seed=0) -> np.ndarray:
+        mean, cov = self.conditional(mask, values)
+        rng = np.random.default_rng(seed)
+        return mean + rng.standard_normal((n, len(mean))) @ np.linalg.cholesky(cov).T
+
+    def conditional_log_prob(self, mask, values, latent) -> np.ndarray:
+        from scipy.stats import multivariate_normal
+
+        mean, cov = self.conditional(mask, values)
+        return np.atleast_1d(multivariate_normal(mean, cov).logpdf(latent))
+
+
+def split_mask(rng: np.random.Generator, dim_theta: int, dim_x: int,
+               theta_observed: int | None = None, x_observed: int | None = None) -> np.ndarray:
+    """A column mask that splits both theta and x: the given number of each observed (chosen
+    at random), or each column observed with probability 1/2, at least one observed and one
+    latent in each."""
+    parts = []
+    for dim, k in ((dim_theta, theta_observed), (dim_x, x_observed)):
+        if k is None:
+            while True:
+                m = rng.random(dim) < 0.5
+                if 0 < m.sum() < dim:
+                    break
+        else:
+            m = np.zeros(dim, dtype=bool)
+            m[rng.choice(dim, k, replace=False)] = True
+        parts.append(m)
+    return np.concatenate(parts)
+
+
+class GaussianLinear(GaussianJoint, SbibmTask):
+    """theta ~ N(0, 0.1 I_10), x ~ N(theta, 0.1 I_10) (sbibm's "scale" is a variance).
+
+    Also scored on conditionals within the variables: observation k of that target is a
+    random column mask that splits both theta and x (each column observed with probability
+    1/2, at least one of each observed and one latent) and a joint draw, both seeded by k;
+    the joint is Gaussian, so every conditional is exact."""
 
     name = "gaussian_linear"
     dim_theta = 10
     dim_x = 10
+    targets = ("posterior", "conditionals")
+    mean = np.zeros(20)
+    cov = np.block([[0.1 * np.eye(10), 0.1 * np.eye(10)], [0.1 * np.eye(10), 0.2 * np.eye(10)]])
+
+    def condition_case(self, k) -> tuple[np.ndarray, np.ndarray]:
+        rng = _rng(self.name, "mask", k)
+        mask = split_mask(rng, self.dim_theta, self.dim_x)
+        joint = self.mean + np.linalg.cholesky(self.cov) @ rng.standard_normal(20)
+        return mask, joint[mask]
 
     def sample_prior(self, n, rng):
         return math.sqrt(0.1) * rng.standard_normal((n, 10))
@@ -374,7 +444,7 @@ class BernoulliGLM(SbibmTask):
 
 
 # --------------------------------------------------------------------------- Gaussian DAG
-class GaussianDAG(Task):
+class GaussianDAG(GaussianJoint, Task):
     """Linear-Gaussian DAG over 12 scalar variables, z_i = b_i + sum_j w_ij z_j + s_i eps_i.
 
     Parents (topological order): 0: -, 1: -, 2: 0, 3: 0 1, 4: 2, 5: 2 3, 6: 1 3, 7: 4,
@@ -429,33 +499,6 @@ class GaussianDAG(Task):
             torch.as_tensor(self.cov[L, L], dtype=torch.float32, device=device),
         )
 
-    # --- exact conditionals
-    def conditional(self, mask, values) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and covariance of the latent variables (mask False) given the observed ones
-        (mask True) at ``values`` (one per observed variable, in order)."""
-        mask = np.asarray(mask, dtype=bool)
-        o, u = np.flatnonzero(mask), np.flatnonzero(~mask)
-        if len(u) == 0:
-            raise ValueError("the condition mask observes every variable.")
-        mu, S = self.mean, self.cov
-        if len(o) == 0:
-            return mu[u].copy(), S[np.ix_(u, u)].copy()
-        K = np.linalg.solve(S[np.ix_(o, o)], S[np.ix_(o, u)]).T  # S_uo S_oo^-1
-        mean = mu[u] + K @ (np.asarray(values, dtype=np.float64) - mu[o])
-        cov = S[np.ix_(u, u)] - K @ S[np.ix_(o, u)]
-        return mean, (cov + cov.T) / 2
-
-    def sample_conditional(self, mask, values, n, seed=0) -> np.ndarray:
-        mean, cov = self.conditional(mask, values)
-        rng = np.random.default_rng(seed)
-        return mean + rng.standard_normal((n, len(mean))) @ np.linalg.cholesky(cov).T
-
-    def conditional_log_prob(self, mask, values, latent) -> np.ndarray:
-        from scipy.stats import multivariate_normal
-
-        mean, cov = self.conditional(mask, values)
-        return np.atleast_1d(multivariate_normal(mean, cov).logpdf(latent))
-
     @property
     def posterior_mask(self) -> np.ndarray:
         m = np.zeros(self.dim, dtype=bool)
@@ -501,6 +544,82 @@ class GaussianTree(GaussianDAG):
     PARENTS = {i: ([] if i == 0 else [(i - 1) // 2]) for i in range(24)}
 
 
+# --------------------------------------------------------------------------- a wide task
+class GaussianCurve(GaussianJoint, Task):
+    """8 parameters and a curve read at 96 points (104 columns): theta ~ N(0, I_8), x(t_j) =
+    sum_i theta_i phi_i(t_j) + 0.3 eps_j with Gaussian bumps phi_i (centres i / 7, width 0.1)
+    at 96 points t_j evenly on [0, 1]: a linear-Gaussian model, so the posterior and every
+    conditional are exact. Two variables (theta, x). Observation k: a joint draw seeded by k;
+    its conditionals target observes 4 random parameters and 48 random readings."""
+
+    name = "gaussian_curve"
+    dim_theta = 8
+    dim_x = 96
+    variables = [8, 96]
+    targets = ("posterior", "conditionals")
+    n_observations = None
+    NOISE = 0.3
+
+    def __init__(self):
+        t = np.linspace(0.0, 1.0, self.dim_x)
+        centres = np.arange(self.dim_theta) / (self.dim_theta - 1)
+        self.design = np.exp(-0.5 * ((t[:, None] - centres[None, :]) / 0.1) ** 2)  # (96, 8)
+        A = np.vstack([np.eye(self.dim_theta), self.design])  # joint = A theta + noise
+        noise = np.concatenate([np.zeros(self.dim_theta), np.full(self.dim_x, self.NOISE**2)])
+        self.mean = np.zeros(self.dim_theta + self.dim_x)
+        self.cov = A @ A.T + np.diag(noise)
+
+    @property
+    def latent(self) -> list[int]:
+        return [0]
+
+    @property
+    def observed(self) -> list[int]:
+        return [1]
+
+    @property
+    def n_theta_vars(self) -> int:
+        return 1
+
+    @property
+    def n_variables(self) -> int:
+        return 2
+
+    def _draw(self, n, rng):
+        theta = rng.standard_normal((n, self.dim_theta))
+        return theta, theta @ self.design.T + self.NOISE * rng.standard_normal((n, self.dim_x))
+
+    def simulate(self, n, seed):
+        return self._draw(n, _rng(self.name, "simulate", seed, n))
+
+    def prior_torch(self, device="cpu"):
+        return torch.distributions.MultivariateNormal(
+            torch.zeros(self.dim_theta, device=device), torch.eye(self.dim_theta, device=device))
+
+    @property
+    def posterior_mask(self) -> np.ndarray:
+        return np.arange(self.dim_theta + self.dim_x) >= self.dim_theta
+
+    def _joint_o(self, k):
+        self.check_observation(k)
+        theta, x = self._draw(1, _rng(self.name, "observation", k))
+        return np.concatenate([theta[0], x[0]])
+
+    def observation(self, k):
+        return self._joint_o(k)[self.dim_theta:]
+
+    def reference(self, k, n, seed=0):
+        return self.sample_conditional(self.posterior_mask, self.observation(k), n, seed)
+
+    def exact_log_prob(self, k, theta):
+        return self.conditional_log_prob(self.posterior_mask, self.observation(k), theta)
+
+    def condition_case(self, k) -> tuple[np.ndarray, np.ndarray]:
+        rng = _rng(self.name, "mask", k)
+        mask = split_mask(rng, self.dim_theta, self.dim_x, self.dim_theta // 2, self.dim_x // 2)
+        return mask, self._joint_o(k)[mask]
+
+
 TASKS: dict[str, type[Task]] = {
     "seed": SeedTask,
     "gaussian_linear": GaussianLinear,
@@ -510,6 +629,7 @@ TASKS: dict[str, type[Task]] = {
     "bernoulli_glm": BernoulliGLM,
     "gaussian_dag": GaussianDAG,
     "gaussian_tree": GaussianTree,
+    "gaussian_curve": GaussianCurve,
 }
 
 
