@@ -61,12 +61,11 @@ def time_fit(task_name: str, params: dict, epochs: int) -> dict:
     import torch
 
     sys.path.insert(0, str(HERE))
+    import skformer.network as network
     from skformer import SimformerEstimator
 
     from harness.methods import skformer_layout
     from harness.tasks import get_task
-
-    import skformer.network as network
 
     torch.set_num_threads(1)
     params = dict(params)
