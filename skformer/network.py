@@ -355,14 +355,9 @@ class MaskedTransformer(nn.Module):
             columns = self._column_tokens(x, observed, missing) + when
             column_mask = _attention_mask(edges, missing, x.shape[0], x.shape[1], h.device)
         if self.groups is not None:
-            first = self._index(h.device)[:, 0]
-            if edges is not None:
-                edges = edges[..., first[:, None], first[None, :]]
-            if missing is not None:  # a token is missing when all its columns are
-                missing = torch.cat([missing.expand(x.shape[0], -1),
-                                     missing.new_ones(x.shape[0], 1)], 1)[
-                    :, self._index(h.device)].all(-1)
-        attn_mask = _attention_mask(edges, missing, h.shape[0], h.shape[1], h.device)
+            attn_mask = self._group_mask(edges, missing, x.shape[0], h.device)
+        else:
+            attn_mask = _attention_mask(edges, missing, h.shape[0], h.shape[1], h.device)
         for block in self.blocks:
             h = block(h, attn_mask)
         if self._group_embedding == "readout":
@@ -391,18 +386,24 @@ class MaskedTransformer(nn.Module):
         padded = torch.cat([h, h.new_zeros(B, 1, h.shape[-1])], 1)[:, index]  # (B, V, w, d)
         sizes = (index < T).sum(-1, keepdim=True).to(h.dtype)
         g = padded.sum(2) / sizes + self.group_id.weight
-        first = index[:, 0]
-        group_edges = None if edges is None else edges[..., first[:, None], first[None, :]]
-        group_missing = None
-        if missing is not None:
-            group_missing = torch.cat([missing.expand(B, -1), missing.new_ones(B, 1)], 1)[
-                :, index].all(-1)
-        group_mask = _attention_mask(group_edges, group_missing, B, g.shape[1], h.device)
+        group_mask = self._group_mask(edges, missing, B, h.device)
         for block in self.blocks:
             g = block(g, group_mask)
         h = h + self.up(g)[:, self._column_token(h.device)]
         h = self.column_out(h, column_mask)
         return self.head(self.norm(h)).squeeze(-1)
+
+    def _group_mask(self, edges, missing, batch: int, device) -> torch.Tensor | None:
+        """The attention mask over group tokens: the first column of each group speaks for its
+        group's edges; a group is missing when all its columns are."""
+        index = self._index(device)
+        first = index[:, 0]
+        if edges is not None:
+            edges = edges[..., first[:, None], first[None, :]]
+        if missing is not None:
+            missing = torch.cat([missing.expand(batch, -1), missing.new_ones(batch, 1)], 1)[
+                :, index].all(-1)
+        return _attention_mask(edges, missing, batch, len(self.groups), device)
 
     def _column_token(self, device: torch.device) -> torch.Tensor:
         """(columns,) the token (group) of each column, made once per device."""
