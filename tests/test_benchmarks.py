@@ -217,6 +217,38 @@ def test_gaussian_dag_posterior_reference_and_log_prob():
     assert theta.shape == (100, 4) and x.shape == (100, 8)
 
 
+@pytest.mark.parametrize("name", ["gaussian_curve", "gaussian_linear"])
+def test_gaussian_joints_match_their_simulators(name):
+    """The stated joint covariance of the wide task and of gaussian_linear is what their
+    simulators draw (within sampling error of 40,000 rows: relative 0.05 of the scales)."""
+    from harness.tasks import get_task
+
+    task = get_task(name)
+    theta, x = task.simulate(40_000, seed=0)
+    z = np.hstack([theta, x])
+    sd = np.sqrt(np.diag(task.cov))
+    assert np.all(np.abs(z.mean(0) - task.mean) < 0.05 * sd)
+    assert np.all(np.abs(np.cov(z.T) - task.cov) < 0.05 * np.outer(sd, sd))
+
+
+def test_conditionals_within_variables_split_both_and_are_exact():
+    """gaussian_linear's conditionals observe part of theta and part of x; gaussian_curve's
+    4 of 8 parameters and 48 of 96 readings; the references follow the exact conditional."""
+    from harness.tasks import get_task
+
+    linear, curve = get_task("gaussian_linear"), get_task("gaussian_curve")
+    for k in range(1, 6):
+        mask, values = linear.condition_case(k)
+        assert 0 < mask[:10].sum() < 10 and 0 < mask[10:].sum() < 10
+        assert values.shape == (mask.sum(),)
+        mask, values = curve.condition_case(k)
+        assert mask[:8].sum() == 4 and mask[8:].sum() == 48
+    mean, cov = curve.conditional(mask, values)
+    ref = curve.sample_conditional(mask, values, 20_000, seed=0)
+    assert np.all(np.abs(ref.mean(0) - mean) < 5 * np.sqrt(np.diag(cov) / len(ref)))
+    assert curve.reference(1, 10, seed=0).shape == (10, 8)
+
+
 def _report_on_two_moons_1e4(quick_csv, tmp_path, c2st: dict) -> str:
     """The report's text for the quick run's rows relabelled as two_moons at 10,000 simulations
     with the given C2ST per method."""

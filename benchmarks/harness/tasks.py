@@ -282,6 +282,24 @@ def split_mask(rng: np.random.Generator, dim_theta: int, dim_x: int,
     return np.concatenate(parts)
 
 
+class ExactGaussianTask(GaussianJoint):
+    """A task whose joint is Gaussian and whose observations are joint draws (``_joint_o``):
+    posterior references and log densities by exact conditioning."""
+
+    @property
+    def posterior_mask(self) -> np.ndarray:
+        return np.arange(self.dim_theta + self.dim_x) >= self.dim_theta
+
+    def observation(self, k):
+        return self._joint_o(k)[self.dim_theta:]
+
+    def reference(self, k, n, seed=0):
+        return self.sample_conditional(self.posterior_mask, self.observation(k), n, seed)
+
+    def exact_log_prob(self, k, theta):
+        return self.conditional_log_prob(self.posterior_mask, self.observation(k), theta)
+
+
 class GaussianLinear(GaussianJoint, SbibmTask):
     """theta ~ N(0, 0.1 I_10), x ~ N(theta, 0.1 I_10) (sbibm's "scale" is a variance).
 
@@ -444,7 +462,7 @@ class BernoulliGLM(SbibmTask):
 
 
 # --------------------------------------------------------------------------- Gaussian DAG
-class GaussianDAG(GaussianJoint, Task):
+class GaussianDAG(ExactGaussianTask, Task):
     """Linear-Gaussian DAG over 12 scalar variables, z_i = b_i + sum_j w_ij z_j + s_i eps_i.
 
     Parents (topological order): 0: -, 1: -, 2: 0, 3: 0 1, 4: 2, 5: 2 3, 6: 1 3, 7: 4,
@@ -499,25 +517,10 @@ class GaussianDAG(GaussianJoint, Task):
             torch.as_tensor(self.cov[L, L], dtype=torch.float32, device=device),
         )
 
-    @property
-    def posterior_mask(self) -> np.ndarray:
-        m = np.zeros(self.dim, dtype=bool)
-        m[self.dim_theta :] = True
-        return m
-
     # --- observations
     def _joint_o(self, k):
         self.check_observation(k)
         return self.sample_joint(1, _rng(self.name, "observation", k))[0]
-
-    def observation(self, k):
-        return self._joint_o(k)[self.dim_theta :]
-
-    def reference(self, k, n, seed=0):
-        return self.sample_conditional(self.posterior_mask, self.observation(k), n, seed)
-
-    def exact_log_prob(self, k, theta):
-        return self.conditional_log_prob(self.posterior_mask, self.observation(k), theta)
 
     def condition_case(self, k) -> tuple[np.ndarray, np.ndarray]:
         """Observation k of the all-conditionals target: a random condition mask (each
@@ -545,7 +548,7 @@ class GaussianTree(GaussianDAG):
 
 
 # --------------------------------------------------------------------------- a wide task
-class GaussianCurve(GaussianJoint, Task):
+class GaussianCurve(ExactGaussianTask, Task):
     """8 parameters and a curve read at 96 points (104 columns): theta ~ N(0, I_8), x(t_j) =
     sum_i theta_i phi_i(t_j) + 0.3 eps_j with Gaussian bumps phi_i (centres i / 7, width 0.1)
     at 96 points t_j evenly on [0, 1]: a linear-Gaussian model, so the posterior and every
@@ -596,23 +599,10 @@ class GaussianCurve(GaussianJoint, Task):
         return torch.distributions.MultivariateNormal(
             torch.zeros(self.dim_theta, device=device), torch.eye(self.dim_theta, device=device))
 
-    @property
-    def posterior_mask(self) -> np.ndarray:
-        return np.arange(self.dim_theta + self.dim_x) >= self.dim_theta
-
     def _joint_o(self, k):
         self.check_observation(k)
         theta, x = self._draw(1, _rng(self.name, "observation", k))
         return np.concatenate([theta[0], x[0]])
-
-    def observation(self, k):
-        return self._joint_o(k)[self.dim_theta:]
-
-    def reference(self, k, n, seed=0):
-        return self.sample_conditional(self.posterior_mask, self.observation(k), n, seed)
-
-    def exact_log_prob(self, k, theta):
-        return self.conditional_log_prob(self.posterior_mask, self.observation(k), theta)
 
     def condition_case(self, k) -> tuple[np.ndarray, np.ndarray]:
         rng = _rng(self.name, "mask", k)
