@@ -3,9 +3,9 @@
 A *column* is one scalar of the joint vector. A *variable* is a group of columns that masks
 address as one unit (all of theta, say). A *token* of the network carries one column or a chunk
 of one variable's columns (:meth:`Layout.token_columns`); masks stay per column whatever the
-tokens. Masks may be given per
-variable or per column; :class:`Layout` expands variable masks to column masks here and nowhere
-else, for numpy arrays and torch tensors alike, and names the expected shapes in its errors.
+tokens. Masks may be given per variable or per column; :class:`Layout` expands variable masks
+to column masks here and nowhere else, for numpy arrays and torch tensors alike, and names the
+expected shapes in its errors.
 """
 
 from __future__ import annotations

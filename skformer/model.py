@@ -650,8 +650,8 @@ class SimformerModel(nn.Module):
                              f"model describes {table.describe() if table else 'none'}.")
         if arch.get("group_embedding", "linear") not in GROUP_EMBEDDINGS or (
                 "group_embedding" in arch and "groups" not in arch):
-            raise ValueError(f"network group_embedding must be 'mlp' or 'linear', with groups; "
-                             f"got {arch.get('group_embedding')!r}.")
+            raise ValueError(f"network group_embedding must be one of {GROUP_EMBEDDINGS}, with "
+                             f"groups; got {arch.get('group_embedding')!r}.")
         groups = arch.get("groups")
         if groups is not None and not (isinstance(groups, list) and all(
                 isinstance(g, list) and all(type(c) is int for c in g) for g in groups)):

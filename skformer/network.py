@@ -2,11 +2,11 @@
 
 Each token embeds its (possibly noisy) value, its identity (which column it is) and its condition
 state (observed or latent); a Fourier embedding of the diffusion time is added to every token.
-With ``groups`` the blocks between the first and the last attend over one token per group of
-columns (a chunk of a variable), while every column keeps its own value and state (latent,
-observed or missing) and its own output, so the rest of skformer still sees columns, a mask
-may observe part of a group, and the blocks between cost work for far fewer tokens
-(``group_embedding``: the "hourglass" keeps per-column tokens in the first and last block).
+With ``groups`` the blocks attend over one token per group of columns (a chunk of a variable)
+but the last, which attends over one token per column ("readout", ``group_embedding``): every
+column keeps its own value and state (latent, observed or missing) and its own output, so the
+rest of skformer still sees columns, a mask may observe part of a group, and the other blocks
+cost work for far fewer tokens.
 Pre-LayerNorm blocks attend under a per-sample boolean mask built from the edge mask, and a
 per-token head reads one output per column (Gloeckler et al., "All-in-one simulation-based
 inference", ICML 2024, section 3).
@@ -142,16 +142,18 @@ class MaskedTransformer(nn.Module):
         its head reads one output per column, so a mask may observe part of a token. None: one
         token per column, embedding value, column identity and condition state (the Simformer
         paper's tokens).
-    group_embedding : {"hourglass", "mlp", "linear"}, default="linear"
-        The design with ``groups``. "hourglass": every column is a token (value, identity,
-        state) through the first and the last block, and one token per group (the mean of its
-        columns and the group's identity) through the blocks between, added back to each of
-        its columns; a column's output comes from its own token. "mlp": one token per group
-        throughout, embedding each column's value as latent and as observed, its observed and
-        missing flags through the group's own linear layer plus a shared SiLU and linear
-        layer; its head reads one output per column. "linear": as "mlp" with only the group's
-        linear layer over value, observed and missing flags (models saved before the others
-        existed).
+    group_embedding : {"readout", "hourglass", "mlp", "linear"}, default="linear"
+        The design with ``groups`` (new models: :data:`GROUP_EMBEDDING`). "readout": the "mlp"
+        design in every block but the last, which attends over one token per column (value,
+        identity, state) plus its group's output and reads each column's output from its own
+        token. "hourglass": every column is a token (value, identity, state) through the
+        first and the last block, and one token per group (the mean of its columns and the
+        group's identity) through the blocks between, added back to each of its columns.
+        "mlp": one token per group throughout, embedding each column's value as latent and as
+        observed and its observed and missing flags through the group's own linear layer plus
+        a shared SiLU and linear layer; its head reads one output per column. "linear": as
+        "mlp" with only the group's linear layer over value, observed and missing flags
+        (models saved before the others existed).
     identities : list of int, optional
         One token per column: the identity embedding of each column (columns that sample one
         function share one). None: every column its own, ``0 .. n_tokens - 1``.
