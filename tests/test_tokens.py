@@ -197,3 +197,18 @@ def test_grouped_models_written_before_still_load(fmt):
 def test_a_network_refuses_an_unknown_group_embedding():
     with pytest.raises(ValueError, match="group_embedding"):
         MaskedTransformer(4, 8, 1, 2, groups=[[0, 1], [2, 3]], group_embedding="conv")
+
+
+@pytest.mark.parametrize("design, message", [
+    ("conv", "group_embedding must be one of"),
+    ("readout", "weights do not fit"),  # a design whose weights the file does not hold
+])
+def test_load_refuses_a_group_embedding_it_cannot_build(design, message, tmp_path):
+    from test_persistence import build_file, split_file
+
+    with open(os.path.join(DATA, "skformer-0.2-variable.skf"), "rb") as fh:
+        version, header, payload = split_file(fh.read())
+    header["model"]["network"]["group_embedding"] = design
+    (tmp_path / "crafted.skf").write_bytes(build_file(version, header, payload))
+    with pytest.raises(ValueError, match=message):
+        load(tmp_path / "crafted.skf")
