@@ -49,7 +49,8 @@ class Task:
     name: str = ""
     dim_theta: int = 0
     dim_x: int = 0
-    #: skformer's ``variables`` (None: one variable per column)
+    #: skformer's ``variables`` (None: one variable per column; else theta's columns and x's as
+    #: two variables, ``[dim_theta, dim_x]``)
     variables = None
     #: the targets scored: "posterior" for all; "conditionals" where exact conditionals exist
     targets: tuple[str, ...] = ("posterior",)
@@ -69,11 +70,11 @@ class Task:
 
     @property
     def n_theta_vars(self) -> int:
-        return self.dim_theta
+        return self.dim_theta if self.variables is None else 1
 
     @property
     def n_variables(self) -> int:
-        return self.dim_theta + self.dim_x
+        return self.dim_theta + self.dim_x if self.variables is None else len(self.variables)
 
     def check(self) -> None:
         """Raise MissingDependency if the task cannot run here."""
@@ -116,14 +117,6 @@ class SeedTask(Task):
     dim_x = 3
     variables = [3, 3]
     n_observations = None
-
-    @property
-    def n_theta_vars(self) -> int:
-        return 1
-
-    @property
-    def n_variables(self) -> int:
-        return 2
 
     def simulate(self, n, seed):
         from seed_task import simulate
@@ -571,22 +564,6 @@ class GaussianCurve(ExactGaussianTask, Task):
         noise = np.concatenate([np.zeros(self.dim_theta), np.full(self.dim_x, self.NOISE**2)])
         self.mean = np.zeros(self.dim_theta + self.dim_x)
         self.cov = A @ A.T + np.diag(noise)
-
-    @property
-    def latent(self) -> list[int]:
-        return [0]
-
-    @property
-    def observed(self) -> list[int]:
-        return [1]
-
-    @property
-    def n_theta_vars(self) -> int:
-        return 1
-
-    @property
-    def n_variables(self) -> int:
-        return 2
 
     def _draw(self, n, rng):
         theta = rng.standard_normal((n, self.dim_theta))
