@@ -43,7 +43,7 @@ from skformer.graph import DAG
 from skformer.layout import Layout
 from skformer.masks import CONDITION_MASK_NAMES, TrainingMasks
 from skformer.model import MAX_ARCHITECTURE, SimformerModel, Standardiser
-from skformer.network import MaskedTransformer
+from skformer.network import PRECISIONS, MaskedTransformer, bf16_units
 from skformer.positions import PositionTable, parse_positions
 from skformer.training import PartialTrainer, TrainConfig, TrainResult, train
 
@@ -52,6 +52,11 @@ __all__ = ["SimformerEstimator"]
 MAX_STEPS = 10_000
 """Most default solver steps a parameter may ask for (the Simformer paper samples with 500);
 a call can still pass more with ``steps=``."""
+
+AUTO_BF16 = ("cpu",)
+"""Device types where ``precision="auto"`` picks bf16 when the device has bf16 units: CPUs with
+AMX, where a training step at 13-20 tokens is 1.3x cheaper (docs/speed.md). GPUs stay float32
+until a benchmark on one measures both."""
 
 
 class SimformerEstimator(DensityMixin, BaseEstimator):
@@ -122,10 +127,11 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         column (the Simformer paper's choice), one per variable, each variable cut into tokens
         of at most k columns (an int k), or "auto" (chunks of at most 8 columns, at most 4
         tokens per variable; one token per column where variables carry positions). With
-        groups, every column still keeps its own value, state and output: its own token in the
-        first and the last block, its group's token in the blocks between (an "hourglass"), so
-        every condition mask is answered, also one that observes part of a group, and training
-        draws such masks too (one row in five). Tokens never mix variables; an edge mask must
+        groups, every column still keeps its own value, state and output: the blocks attend
+        over one token per group (embedding each of its columns' value and state) but the last,
+        which attends over one token per column plus its group's output, so every condition
+        mask is answered, also one that observes part of a group, and training draws such masks
+        too (one row in five). Tokens never mix variables; an edge mask must
         treat a token's columns alike. What each costs and how accurate it is:
         docs/speed.md. ``token_columns_`` lists the columns of each token.
     d_model, n_layers, n_heads : int, default=64, 4, 4
@@ -173,6 +179,15 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         10,000.
     device : str or torch.device, default="auto"
         "auto" (a GPU when present), "cpu", "cuda", "cuda:1", ...
+    precision : {"auto", "float32", "bfloat16"}, default="auto"
+        The network's arithmetic. "bfloat16" runs its matrix products under bf16 autocast
+        (weights, losses, the preconditioning and the solvers stay float32; log densities are
+        computed wholly in float32) and needs a device with bf16 units
+        (:func:`skformer.network.bf16_units`: a CPU with AMX, a GPU of compute capability 8
+        or later). "auto": bf16 where :data:`AUTO_BF16` names the device's type and it has
+        such units, float32 elsewhere (never on a CPU without them). Speed and accuracy of
+        each: docs/speed.md. The value used is ``precision_``; saved models keep it, and run
+        in float32 on a device without bf16 units.
     random_state : int, RandomState or Generator instance, or None, default=None
         Seeds everything random in ``fit`` (see :func:`skformer._utils.fit_seeds`): weight
         initialisation, validation split, shuffling, masks and noise. With an int, a fit is
@@ -205,6 +220,8 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         Per-column standardisation learned in fit.
     device_ : torch.device
         Where the model lives.
+    precision_ : {"float32", "bfloat16"}
+        The network's arithmetic (``precision`` resolved for the device of ``fit``).
     batch_size_ : int
         The batch size used (``batch_size`` resolved), per process under data-parallel training.
     n_training_rows_ : int
@@ -277,6 +294,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         "sampling_steps": [Interval(Integral, 1, MAX_STEPS, closed="both")],
         "log_prob_steps": [Interval(Integral, 2, MAX_STEPS, closed="both")],
         "device": [str, torch.device, HasMethods("type")],
+        "precision": [StrOptions({"auto", *PRECISIONS})],
         "random_state": ["random_state", np.random.Generator],
         "n_threads": [None, Interval(Integral, 1, MAX_THREADS, closed="both")],
         "marginal_fraction": [Interval(Real, 0, 1, closed="left")],
@@ -313,6 +331,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         sampling_steps=20,
         log_prob_steps=20,
         device="auto",
+        precision="auto",
         random_state=None,
         n_threads=None,
         verbose=0,
@@ -344,6 +363,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         self.sampling_steps = sampling_steps
         self.log_prob_steps = log_prob_steps
         self.device = device
+        self.precision = precision
         self.random_state = random_state
         self.n_threads = n_threads
         self.verbose = verbose
@@ -372,6 +392,10 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
     @property
     def device_(self) -> torch.device:
         return self._model().device
+
+    @property
+    def precision_(self) -> str:
+        return self._model().precision
 
     def _model(self) -> SimformerModel:
         try:
@@ -615,6 +639,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         validation_masks = TrainingMasks(self.condition_masks, self.edge_masks, layout, split,
                                          seeds.validation, device, within)
         model = model.to(device)
+        model.precision = self._resolve_precision(device)
         self._note_missing(model, X, keep=warm)
         # standard units, NaN where missing: the loop leaves those entries out
         Z = model.standardiser(torch.as_tensor(X).to(device))
@@ -652,6 +677,20 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
             _check_new_positions(model, table)
             model.positions.widen(table)
         return model
+
+    def _resolve_precision(self, device: torch.device) -> str:
+        """``precision`` for ``device``: "auto" is bf16 where the device has bf16 units (see
+        :func:`skformer.network.bf16_units`), float32 elsewhere; "bfloat16" on a device
+        without them is refused (emulated bf16 is slower and no more accurate)."""
+        if self.precision == "float32":
+            return "float32"
+        units = bf16_units(device)
+        if self.precision == "auto":
+            return "bfloat16" if units and device.type in AUTO_BF16 else "float32"
+        if not units:
+            raise ValueError(f"precision='bfloat16' needs a device with bf16 units (a GPU, or "
+                             f"a CPU with AMX); {device} has none. Use 'auto' or 'float32'.")
+        return "bfloat16"
 
     def _check_unchanged(self, fresh: SimformerModel) -> None:
         old, new = self.model_.describe(), fresh.describe()
@@ -764,6 +803,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
             else:
                 model = self._continued(model, table)
             model = model.to(device)
+            model.precision = self._resolve_precision(device)
             config = self._train_config(model)
             model.marginal_fraction = config.marginal_fraction
             masks = TrainingMasks(self.condition_masks, self.edge_masks, layout, split,

@@ -24,7 +24,15 @@ from skformer.dynamics import Dynamics, make_dynamics
 from skformer.dynamics.solvers import Denoiser, log_density, solve, with_divergence
 from skformer.guidance import LinearConstraints, intersect, sample_each_satisfying
 from skformer.layout import Layout
-from skformer.network import GROUP_EMBEDDINGS, LATENT, MISSING, OBSERVED, MaskedTransformer
+from skformer.network import (
+    GROUP_EMBEDDINGS,
+    LATENT,
+    MISSING,
+    OBSERVED,
+    PRECISIONS,
+    MaskedTransformer,
+    float32,
+)
 from skformer.positions import PositionedNetwork, PositionTable
 
 __all__ = ["Standardiser", "SimformerModel", "MAX_ARCHITECTURE", "MAX_ATTENTION_BYTES"]
@@ -158,6 +166,18 @@ class SimformerModel(nn.Module):
     @property
     def n_columns(self) -> int:
         return self.layout.n_columns
+
+    @property
+    def precision(self) -> str:
+        """The network's arithmetic, one of ``network.PRECISIONS`` (bf16 only where the device
+        has bf16 units; log densities always in float32)."""
+        return getattr(self.network, "precision", "float32")
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        if value not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}; got {value!r}.")
+        self.network.precision = value
 
     # ------------------------------------------------------------------ tokens with positions
     def at(self, given: dict[int, np.ndarray] | None = None) -> SimformerModel:
@@ -555,7 +575,7 @@ class SimformerModel(nn.Module):
         for i in range(0, z.shape[0], chunk):
             s, L = states[i : i + chunk], latent_rows[i : i + chunk]
             denoise_div = with_divergence(self.denoiser(s, edges), latent, probes)
-            with torch.no_grad():
+            with torch.no_grad(), float32():
                 x_T, integral = log_density(denoise_div, z[i : i + chunk], grid, solver)
             prior = self.dynamics.prior_log_prob(x_T[..., None])  # per entry
             out.append(torch.where(L, prior, 0.0).sum(-1) + integral)
@@ -602,6 +622,8 @@ class SimformerModel(nn.Module):
             "network": self.network.config(),
             "training": {"marginal_fraction": self.marginal_fraction},
         }
+        if self.precision != "float32":  # files of float32 models read as before
+            out["training"]["precision"] = self.precision
         if self.positions is not None:
             out["positions"] = self.positions.describe()
         return out
@@ -698,6 +720,11 @@ class SimformerModel(nn.Module):
             raise ValueError(f"training must be a mapping with a marginal_fraction in [0, 1); "
                              f"got {training!r}.")
         skeleton.marginal_fraction = float(fraction)
+        precision = training.get("precision", "float32")
+        if precision not in PRECISIONS:
+            raise ValueError(f"training precision must be one of {PRECISIONS}; got "
+                             f"{precision!r}.")
         # the checked tensors become the weights: no second initialisation, no RNG use
         skeleton.load_state_dict(state_dict, assign=True)
+        skeleton.precision = precision
         return skeleton.to(device).requires_grad_(False).eval()

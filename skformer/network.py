@@ -20,13 +20,18 @@ with metadata").
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
 import math
+import re
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MaskedTransformer", "LATENT", "OBSERVED", "MISSING", "attention", "FourierPosition"]
+__all__ = ["MaskedTransformer", "LATENT", "OBSERVED", "MISSING", "attention", "FourierPosition",
+           "PRECISIONS", "bf16_units", "float32"]
 
 LATENT, OBSERVED, MISSING = 0, 1, 2
 """Column states, as ``uint8`` values of the ``observed`` argument (a bool tensor means only
@@ -79,9 +84,61 @@ ATTENTION = "auto"
 """How attention is computed: "sdpa" (``F.scaled_dot_product_attention``), "math" (two matrix
 products and a softmax), or "auto": "math" on a GPU for at most :data:`SMALL_T` tokens, where
 the fused kernels pad every head's tiny attention matrix to their tile size
-(``benchmarks/gpu.py`` measures both), "sdpa" otherwise (faster on CPUs)."""
+(``benchmarks/gpu.py`` measures both) and on a CPU in bf16 (where the fused kernel is about 4x
+slower), "sdpa" otherwise (faster on CPUs in float32)."""
 
 SMALL_T = 32
+
+
+PRECISIONS = ("float32", "bfloat16")
+"""The arithmetic a network may run in (its ``precision`` attribute): "bfloat16" runs its
+matrix products under bf16 autocast (weights, inputs and outputs stay float32)."""
+
+
+@functools.cache
+def _cpu_flags() -> frozenset:
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        return frozenset()
+    flags = re.search(r"^flags\s*:(.*)$", text, re.MULTILINE)
+    return frozenset(flags.group(1).split()) if flags else frozenset()
+
+
+@functools.cache
+def bf16_units(device: torch.device | str) -> bool:
+    """Whether ``device`` multiplies bf16 matrices in hardware of its own: on a CPU, AMX tiles
+    (``amx_bf16``, Intel Sapphire Rapids and later); on a GPU, bf16 support (compute
+    capability 8.0 and later). CPUs with only AVX512-BF16 say False: unmeasured here. Asked
+    once per device."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    flags = _cpu_flags()
+    if flags:
+        return {"amx_tile", "amx_bf16"} <= flags
+    check = getattr(torch.cpu, "_is_amx_tile_supported", None)  # no /proc/cpuinfo
+    try:
+        return bool(check()) if check is not None else False
+    except RuntimeError:
+        return False
+
+
+_FLOAT32 = contextvars.ContextVar("skformer_float32", default=False)
+
+
+@contextlib.contextmanager
+def float32():
+    """Within this context every network runs in float32, whatever its ``precision`` (log
+    densities: their divergence is taken through the network)."""
+    token = _FLOAT32.set(True)
+    try:
+        yield
+    finally:
+        _FLOAT32.reset(token)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -90,7 +147,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     (True = may attend) broadcastable to (batch, heads, tokens, tokens)."""
     kind = ATTENTION
     if kind == "auto":
-        kind = "math" if q.is_cuda and q.shape[-2] <= SMALL_T else "sdpa"
+        small = q.is_cuda and q.shape[-2] <= SMALL_T
+        kind = "math" if small or (q.dtype == torch.bfloat16 and not q.is_cuda) else "sdpa"
     if kind == "sdpa":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)
@@ -160,6 +218,12 @@ class MaskedTransformer(nn.Module):
     position_dim : int, default=0
         Coordinates of a token's position (0: tokens carry none). Positions come with each
         call (:meth:`forward`); tokens without one pass NaN.
+
+    Attributes
+    ----------
+    precision : {"float32", "bfloat16"}
+        The arithmetic of :meth:`forward` (not a constructor argument: the same weights run in
+        either). "bfloat16" takes effect only on a device with bf16 units.
     """
 
     def __init__(self, n_tokens: int, d_model: int = 64, n_layers: int = 4, n_heads: int = 4,
@@ -170,6 +234,7 @@ class MaskedTransformer(nn.Module):
             raise ValueError(f"group_embedding must be one of {GROUP_EMBEDDINGS}; got "
                              f"{group_embedding!r}.")
         self.group_embedding = group_embedding
+        self.precision = "float32"
         if d_model % n_heads:
             raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads}).")
         self.n_tokens, self.d_model = n_tokens, d_model
@@ -318,7 +383,9 @@ class MaskedTransformer(nn.Module):
         positions: torch.Tensor | None = None,
         identities: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Network output for every column.
+        """Network output for every column (float32: with ``precision`` "bfloat16" the matrix
+        products run under bf16 autocast where the device has bf16 units, see
+        :func:`bf16_units`, outside a :func:`float32` context).
 
         Parameters
         ----------
@@ -343,6 +410,14 @@ class MaskedTransformer(nn.Module):
         -------
         tensor of shape (batch, columns)
         """
+        if (getattr(self, "precision", "float32") == "bfloat16" and not _FLOAT32.get()
+                and bf16_units(x.device)):
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, cache_enabled=False):
+                out = self._forward(x, t, observed, edges, positions, identities)
+            return out.float()
+        return self._forward(x, t, observed, edges, positions, identities)
+
+    def _forward(self, x, t, observed, edges, positions, identities):
         missing = None
         if observed.dtype != torch.bool:  # states: missing columns possible
             missing, observed = observed == MISSING, observed == OBSERVED

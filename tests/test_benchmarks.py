@@ -314,10 +314,12 @@ def test_also_steps_scores_the_same_fit_with_other_solver_steps(tmp_path):
     out = tmp_path / "steps.csv"
     main(["--quick", "--methods", "skformer_score", "--also-steps", "5", "--out", str(out)])
     rows = _rows(out)
+    # sampled again with 5 steps (5 network calls), not copied from the first row (whose C2ST
+    # the second may equal to three decimals: the quick fit's samples are far off either way)
     assert [(r["config"], r["network_calls"]) for r in rows] == [
         ("quick", "20"), ("quick+sampling_steps=5", "5")]
     assert rows[0]["train_s"] == rows[1]["train_s"] and rows[1]["status"] == "ok"
-    assert rows[0]["c2st"] != rows[1]["c2st"]  # sampled again, not copied
+    assert rows[1]["c2st"] and rows[1]["sample_s"]
     main(["--quick", "--methods", "skformer_score", "--also-steps", "5", "--out", str(out)])
     assert len(_rows(out)) == 2  # resumable like the default rows
 
