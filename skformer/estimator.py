@@ -126,7 +126,8 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         How columns are grouped for the Transformer's middle blocks: one token per scalar
         column (the Simformer paper's choice), one per variable, each variable cut into tokens
         of at most k columns (an int k), or "auto" (chunks of at most 8 columns, at most 4
-        tokens per variable; one token per column where variables carry positions). With
+        tokens per variable; one token per column where variables carry positions and for data
+        of at most 8 columns). With
         groups, every column still keeps its own value, state and output: the blocks attend
         over one token per group (embedding each of its columns' value and state) but the last,
         which attends over one token per column plus its group's output, so every condition

@@ -22,6 +22,10 @@ __all__ = ["Layout", "as_bool_array", "auto_token_count"]
 
 AUTO_COLUMNS_PER_TOKEN = 8
 AUTO_TOKENS_PER_VARIABLE = 4
+AUTO_MIN_COLUMNS = 8
+"""Under ``tokens="auto"``, data of at most this many columns keeps one token per column:
+grouping 4-6 columns saved only 1.0-1.3x a step and cost gaussian_mixture 0.08 in C2ST
+(docs/speed.md)."""
 
 
 def auto_token_count(width: int) -> int:
@@ -317,12 +321,14 @@ class Layout:
 
         ``tokens``: "column" (one token per column), "variable" (one per variable), an int k
         (chunks of at most k columns), or "auto" (:func:`auto_token_count` tokens per
-        variable; one per column when ``positions``: variables with positions need them).
-        Tokens never mix variables.
+        variable; one per column when ``positions``, which need them, and for data of at most
+        :data:`AUTO_MIN_COLUMNS` columns). Tokens never mix variables.
         """
+        narrow = positions or self.n_columns <= AUTO_MIN_COLUMNS
+
         def count(width: int) -> int:
             if tokens == "auto":
-                return width if positions else auto_token_count(width)
+                return width if narrow else auto_token_count(width)
             k = {"column": 1, "variable": width}.get(tokens, tokens)
             return -(-width // int(k))
         return [[int(c) for c in chunk] for g in self.groups

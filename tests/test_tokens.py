@@ -126,15 +126,22 @@ def test_auto_chunks_wide_variables_and_keeps_columns_with_positions():
     assert [len(t) for t in layout.token_columns(40)] == [8, 32, 32, 32]
 
 
+def test_auto_keeps_one_token_per_column_for_narrow_data():
+    assert Layout.from_spec(8, [4, 4]).token_columns("auto") == [[c] for c in range(8)]
+    assert [len(t) for t in Layout.from_spec(9, [4, 5]).token_columns("auto")] == [4, 5]
+    assert [len(t) for t in Layout.from_spec(9, [4, 5]).token_columns("variable")] == [4, 5]
+    assert Layout.from_spec(4, [2, 2]).token_columns("variable") == [[0, 1], [2, 3]]
+
+
 def test_auto_with_positions_fits_one_token_per_reading():
     rng = np.random.default_rng(0)
-    X = rng.standard_normal((64, 1 + 5))
-    est = SimformerEstimator(variables=[1, 5], tokens="auto", d_model=8, n_layers=1, n_heads=2,
+    X = rng.standard_normal((64, 1 + 9))  # wider than AUTO_MIN_COLUMNS
+    est = SimformerEstimator(variables=[1, 9], tokens="auto", d_model=8, n_layers=1, n_heads=2,
                              max_epochs=1, device="cpu", random_state=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        est.fit(X, positions={1: np.linspace(0, 1, 5)})
-    assert est.token_columns_ == [[c] for c in range(6)]
+        est.fit(X, positions={1: np.linspace(0, 1, 9)})
+    assert est.token_columns_ == [[c] for c in range(10)]
 
 
 # ------------------------------------------------------------------ column: as before
