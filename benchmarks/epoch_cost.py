@@ -18,6 +18,11 @@ and prints the table of docs/speed.md.
 
 ``variables=theta-x`` fits theta and x as two variables (the harness's ``--variables``);
 ``network.NAME=VALUE`` sets a design constant of ``skformer.network`` in that setting's process.
+``--sample N`` also times N posterior draws at the task's observation 1 after the fit (the
+default solver and steps; ``sample_s``):
+
+    python epoch_cost.py --baseline precision=float32 --candidate precision=bfloat16 \
+        --epochs 3 --sample 10000 --out results/epoch_cost_bf16.csv
     python epoch_cost.py --report
 """
 
@@ -26,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -40,7 +44,7 @@ OUT = HERE / "results" / "epoch_cost.csv"
 TASKS = ["seed", "two_moons", "gaussian_mixture", "gaussian_dag", "slcp", "gaussian_linear",
          "bernoulli_glm"]
 FIELDS = ["task", "setting", "epochs", "seconds", "s_per_epoch", "tokens", "machine", "partner",
-          "timestamp"]
+          "timestamp", "sample_s"]
 
 
 def parse_pairs(pairs: list[str]) -> dict:
@@ -55,9 +59,10 @@ def label(params: dict) -> str:
     return "default" if not params else "+".join(f"{k}={v}" for k, v in params.items())
 
 
-def time_fit(task_name: str, params: dict, epochs: int) -> dict:
+def time_fit(task_name: str, params: dict, epochs: int, n_samples: int = 0) -> dict:
     """Fit ``epochs`` epochs of the task's 10,000 simulations (seed 0) with ``params``, one
-    thread; the seconds of ``fit`` and the number of tokens."""
+    thread; the seconds of ``fit``, the number of tokens, and (``n_samples``) the seconds of
+    that many posterior draws at observation 1."""
     import torch
 
     sys.path.insert(0, str(HERE))
@@ -82,8 +87,14 @@ def time_fit(task_name: str, params: dict, epochs: int) -> dict:
         warnings.simplefilter("ignore")  # "max_epochs reached": intended
         est.fit(X)
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "epochs": est.n_iter_,
-            "tokens": est.model_.network.n_token_slots}
+    out = {"seconds": seconds, "epochs": est.n_iter_,
+           "tokens": est.model_.network.n_token_slots, "sample_s": ""}
+    if n_samples:
+        x_o = task.observation(1)
+        start = time.perf_counter()
+        est.posterior().sample(n_samples, x_o, random_state=0)
+        out["sample_s"] = round(time.perf_counter() - start, 2)
+    return out
 
 
 def done(out: Path) -> set:
@@ -93,6 +104,8 @@ def done(out: Path) -> set:
 
 def append(out: Path, row: dict) -> None:
     out.parent.mkdir(exist_ok=True)
+    if out.exists() and out.read_text().split("\n", 1)[0].split(",") != FIELDS:
+        raise SystemExit(f"{out} was written with other columns; name a new --out.")
     rows.append(out, FIELDS, row)
 
 
@@ -101,9 +114,10 @@ def report(out: Path = OUT) -> str:
     import pandas as pd
 
     df = pd.read_csv(out)
+    sampled = "sample_s" in df and df["sample_s"].notna().any()
     lines = ["| task | tokens | setting | s / epoch | partner | partner s / epoch "
-             "| setting / partner |",
-             "|---|---|---|---|---|---|---|"]
+             "| setting / partner |" + (" sample s | partner sample s |" if sampled else ""),
+             "|---|---|---|---|---|---|---|" + ("---|---|" if sampled else "")]
     for (task, partner), g in df.groupby(["task", "partner"], sort=False):
         mine = g.iloc[-1]
         if mine["setting"] < partner:  # each pair once
@@ -115,7 +129,8 @@ def report(out: Path = OUT) -> str:
         theirs = other.iloc[-1]
         lines.append(f"| {task} | {mine['tokens']} | {mine['setting']} | "
                      f"{mine['s_per_epoch']:.2f} | {partner} | {theirs['s_per_epoch']:.2f} | "
-                     f"{mine['s_per_epoch'] / theirs['s_per_epoch']:.2f} |")
+                     f"{mine['s_per_epoch'] / theirs['s_per_epoch']:.2f} |"
+                     + (f" {mine['sample_s']} | {theirs['sample_s']} |" if sampled else ""))
     return "\n".join(lines)
 
 
@@ -126,13 +141,15 @@ def main(argv=None) -> int:
     ap.add_argument("--tasks", nargs="+", default=TASKS)
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--sample", type=int, default=0, metavar="N",
+                    help="also time N posterior draws at observation 1 after each fit")
     ap.add_argument("--report", action="store_true")
-    ap.add_argument("--one", nargs=3, metavar=("TASK", "PARAMS_JSON", "EPOCHS"),
+    ap.add_argument("--one", nargs=4, metavar=("TASK", "PARAMS_JSON", "EPOCHS", "SAMPLES"),
                     help=argparse.SUPPRESS)  # a child process: time one fit, print JSON
     args = ap.parse_args(argv)
     if args.one:
-        task, params, epochs = args.one
-        print(json.dumps(time_fit(task, json.loads(params), int(epochs))))
+        task, params, epochs, n_samples = args.one
+        print(json.dumps(time_fit(task, json.loads(params), int(epochs), int(n_samples))))
         return 0
     if args.report:
         print(report(args.out))
@@ -141,7 +158,9 @@ def main(argv=None) -> int:
     if label(baseline) == label(candidate):
         ap.error("the baseline and the candidate are the same setting.")
     settings = [(baseline, label(candidate)), (candidate, label(baseline))]
-    machine = f"{platform.processor() or platform.machine()}, 1 thread per process"
+    from seed_task import machine as cpu
+
+    machine = f"{cpu().split(',')[0]}, 1 thread per process"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     finished = done(args.out)
     for task in args.tasks:
@@ -149,7 +168,7 @@ def main(argv=None) -> int:
             print(f"{task}: done, skipped")
             continue
         procs = [subprocess.Popen([sys.executable, __file__, "--one", task, json.dumps(p),
-                                   str(args.epochs)], env=env, cwd=HERE,
+                                   str(args.epochs), str(args.sample)], env=env, cwd=HERE,
                                   stdout=subprocess.PIPE, text=True) for p, _ in settings]
         outputs = [p.communicate()[0] for p in procs]
         if any(p.returncode for p in procs):
@@ -162,7 +181,7 @@ def main(argv=None) -> int:
                               "seconds": round(r["seconds"], 2),
                               "s_per_epoch": round(r["seconds"] / r["epochs"], 4),
                               "tokens": r["tokens"], "machine": machine, "partner": partner,
-                              "timestamp": stamp})
+                              "timestamp": stamp, "sample_s": r["sample_s"]})
         print(f"{task}: " + ", ".join(f"{label(p)} {r['seconds'] / r['epochs']:.2f} s/epoch"
                                       for (p, _), r in zip(settings, results, strict=True)),
               flush=True)

@@ -412,6 +412,20 @@ def test_epoch_cost_pairs_and_report(tmp_path):
                                     ("slcp", "d_model=32", "d_model=64")}
     table = epoch_cost.report(out).splitlines()
     assert table[2:] == ["| slcp | 13 | d_model=64 | 2.40 | d_model=32 | 1.20 | 2.00 |"]
+    # with --sample, each side's seconds of posterior draws come along
+    timed = tmp_path / "timed.csv"
+    for setting, partner, s in (("precision=bfloat16", "precision=float32", 8.5),
+                                ("precision=float32", "precision=bfloat16", 12.0)):
+        epoch_cost.append(timed, {"task": "slcp", "setting": setting, "epochs": 3,
+                                  "seconds": 3.0, "s_per_epoch": 1.0, "tokens": 13,
+                                  "machine": "m", "partner": partner, "timestamp": "t",
+                                  "sample_s": s})
+    assert epoch_cost.report(timed).splitlines()[2:] == [
+        "| slcp | 13 | precision=float32 | 1.00 | precision=bfloat16 | 1.00 | 1.00 | 12.0 | 8.5 |"]
+    old = tmp_path / "old.csv"  # written before sample_s: a new row would not line up
+    old.write_text("task,setting,epochs,seconds,s_per_epoch,tokens,machine,partner,timestamp\n")
+    with pytest.raises(SystemExit, match="other columns"):
+        epoch_cost.append(old, {"task": "slcp"})
 
 
 # ------------------------------------------------- the function-valued benchmarks' references
