@@ -13,6 +13,9 @@ Two parts, both on ``--device`` (default ``cuda``):
 
     python benchmarks/gpu.py                       # both parts, writes results/gpu.json
     python benchmarks/gpu.py --part steps --batch-sizes 512 4096
+    python benchmarks/gpu.py --part steps --precision float32 bfloat16
+    python benchmarks/gpu.py --part accuracy --variant precision=float32 \
+        --variant precision=bfloat16
     python benchmarks/gpu.py --part accuracy --simulations 100000
 
 Run it from the repository root with ``PYTHONPATH=.:benchmarks`` where skformer is not
@@ -51,7 +54,8 @@ def sync(device: torch.device) -> None:
 
 
 def steps_per_second(device: torch.device, batch: int, tokens: int, steps: int,
-                     graphs: bool = True, attention: str = "auto") -> dict:
+                     graphs: bool = True, attention: str = "auto",
+                     precision: str = "float32") -> dict:
     """The training loop's step on random data: masks, noise, loss, backward, AdamW, EMA."""
     from skformer import network
     from skformer._utils import fit_seeds
@@ -65,6 +69,7 @@ def steps_per_second(device: torch.device, batch: int, tokens: int, steps: int,
     layout = Layout.from_spec(tokens)
     torch.manual_seed(0)
     net = MaskedTransformer(tokens, 64, 4, 4).to(device)
+    net.precision = precision  # bf16 autocast of the matrix products (float32 outside)
     masks = TrainingMasks("structured", None, layout, ([0], list(range(1, tokens))), 0, device)
     n_rows = batch * steps
     x = torch.randn(n_rows, tokens, device=device)
@@ -79,6 +84,7 @@ def steps_per_second(device: torch.device, batch: int, tokens: int, steps: int,
     seconds = time.perf_counter() - start
     return {"part": "steps", "batch": batch, "tokens": tokens, "steps": steps,
             "cuda_graphs": bool(graphs and device.type == "cuda"), "attention": attention,
+            "precision": precision,
             "ms_per_step": 1000 * seconds / steps, "steps_per_s": steps / seconds}
 
 
@@ -135,6 +141,8 @@ def main() -> None:
                     help="steps part: with CUDA graphs, without, or both")
     ap.add_argument("--attention", choices=["auto", "sdpa", "math"], nargs="+",
                     default=["auto"], help="steps part: attention implementation(s)")
+    ap.add_argument("--precision", choices=["float32", "bfloat16"], nargs="+",
+                    default=["float32"], help="steps part: the network's arithmetic(s)")
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="accuracy part: an estimator parameter (repeatable); several runs: "
                          "separate sets with --variant")
@@ -150,9 +158,10 @@ def main() -> None:
             for batch in args.batch_sizes:
                 for graphs in args.graphs:
                     for attention in args.attention:
-                        rows.append(steps_per_second(device, batch, tokens, args.steps,
-                                                     graphs == "on", attention))
-                        print(json.dumps(rows[-1]), flush=True)
+                        for precision in args.precision:
+                            rows.append(steps_per_second(device, batch, tokens, args.steps,
+                                                         graphs == "on", attention, precision))
+                            print(json.dumps(rows[-1]), flush=True)
     if args.part in ("accuracy", "both"):
         variants = [_options(v.split(",")) for v in args.variant] or [_options(args.option)]
         for options in variants:
@@ -165,12 +174,12 @@ def main() -> None:
         for row in rows:
             fh.write(json.dumps({**row, "device": str(device), "machine": machine}) + "\n")
     print(f"\n{machine}\n")
-    print("| batch | tokens | CUDA graphs | attention | ms / step | steps / s |\n"
-          "|---|---|---|---|---|---|")
+    print("| batch | tokens | CUDA graphs | attention | precision | ms / step | steps / s |\n"
+          "|---|---|---|---|---|---|---|")
     for r in rows:
         if r["part"] == "steps":
             print(f"| {r['batch']} | {r['tokens']} | {r['cuda_graphs']} | "
-                  f"{r.get('attention', 'sdpa')} | "
+                  f"{r.get('attention', 'sdpa')} | {r.get('precision', 'float32')} | "
                   f"{r['ms_per_step']:.2f} | {r['steps_per_s']:.0f} |")
     for r in rows:
         if r["part"] == "accuracy":
