@@ -162,10 +162,14 @@ def report(screen_csv: Path = OUT, reference=REFERENCE) -> str:
                   f"C2ST within +{GOAL_C2ST} of the reference: {good}", "",
                   "| task | C2ST | reference | Δ | NPE C2ST | train s | epochs | NPE s | × NPE |",
                   "|---|---|---|---|---|---|---|---|---|"]
+        def shown(value: float, spec: str, unit: str = "") -> str:  # "-": no NPE that day
+            return "-" if math.isnan(value) else f"{value:{spec}}{unit}"
+
         for r in mine:
-            lines.append(f"| {r['task']} | {r['c2st']:.3f} | {r['reference']:.3f} | "
-                         f"{r['delta']:+.3f} | {r['npe_c2st']:.3f} | {r['train_s']:.0f} | "
-                         f"{r['epochs']} | {r['npe_s']:.0f} | {r['multiple']:.1f}x |")
+            lines.append(f"| {r['task']} | {r['c2st']:.3f} | {shown(r['reference'], '.3f')} | "
+                         f"{shown(r['delta'], '+.3f')} | {shown(r['npe_c2st'], '.3f')} | "
+                         f"{r['train_s']:.0f} | {r['epochs']} | {shown(r['npe_s'], '.0f')} | "
+                         f"{shown(r['multiple'], '.1f', 'x')} |")
         lines.append("")
     return "\n".join(lines)
 
