@@ -55,8 +55,8 @@ a call can still pass more with ``steps=``."""
 
 AUTO_BF16 = ("cpu",)
 """Device types where ``precision="auto"`` picks bf16 when the device has bf16 units: CPUs with
-AMX, where a training step at 13-20 tokens is 1.3x cheaper (docs/speed.md). GPUs stay float32
-until a benchmark on one measures both."""
+AMX, where a training step at 13-20 tokens is 1.3-1.5x cheaper (docs/speed.md). GPUs stay
+float32 until a benchmark on one measures both."""
 
 
 class SimformerEstimator(DensityMixin, BaseEstimator):
@@ -180,15 +180,17 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         10,000.
     device : str or torch.device, default="auto"
         "auto" (a GPU when present), "cpu", "cuda", "cuda:1", ...
-    precision : {"auto", "float32", "bfloat16"}, default="auto"
+    precision : {"float32", "auto", "bfloat16"}, default="float32"
         The network's arithmetic. "bfloat16" runs its matrix products under bf16 autocast
-        (weights, losses, the preconditioning and the solvers stay float32; log densities are
-        computed wholly in float32) and needs a device with bf16 units
-        (:func:`skformer.network.bf16_units`: a CPU with AMX, a GPU of compute capability 8
-        or later). "auto": bf16 where :data:`AUTO_BF16` names the device's type and it has
-        such units, float32 elsewhere (never on a CPU without them). Speed and accuracy of
-        each: docs/speed.md. The value used is ``precision_``; saved models keep it, and run
-        in float32 on a device without bf16 units.
+        (weights, losses, the validation loss, the preconditioning and the solvers stay
+        float32; log densities are computed wholly in float32) and needs a device with bf16
+        units (:func:`skformer.network.bf16_units`: a CPU with AMX, a GPU of compute
+        capability 8 or later). "auto": bf16 where :data:`AUTO_BF16` names the device's type
+        and it has such units, float32 elsewhere (never on a CPU without them). On a CPU with
+        AMX, bf16 trains 1.3-1.5x faster per step at 13-20 columns with the same C2ST on six
+        of the seven benchmark tasks, but gaussian_mixture lost 0.007-0.020 (two seeds), so
+        float32 stays the default (docs/speed.md). The value used is ``precision_``; saved
+        models keep it, and run in float32 on a device without bf16 units.
     random_state : int, RandomState or Generator instance, or None, default=None
         Seeds everything random in ``fit`` (see :func:`skformer._utils.fit_seeds`): weight
         initialisation, validation split, shuffling, masks and noise. With an int, a fit is
@@ -332,7 +334,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         sampling_steps=20,
         log_prob_steps=20,
         device="auto",
-        precision="auto",
+        precision="float32",
         random_state=None,
         n_threads=None,
         verbose=0,

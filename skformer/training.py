@@ -19,7 +19,7 @@ import torch
 
 from skformer._utils import FitSeeds, make_generator
 from skformer.distributed import Group
-from skformer.network import MISSING, OBSERVED
+from skformer.network import MISSING, OBSERVED, float32
 
 __all__ = ["PartialTrainer", "TrainConfig", "TrainResult", "train"]
 
@@ -599,13 +599,17 @@ def _validation_set(dynamics, x_val, masks: Masks, config: TrainConfig,
 
 @torch.no_grad()
 def _validate(dynamics, net, val, bs, group: Group | None = None) -> float:
-    """Mean loss over the validation rows (over every rank's, under data-parallel)."""
+    """Mean loss over the validation rows (over every rank's, under data-parallel), in float32
+    whatever the network's precision: it chooses the best epoch and when to stop, so the same
+    weights are scored alike in either."""
     x_val = val[0]
     net.eval()
     total = torch.zeros(2, device=x_val.device)
     for i in range(0, x_val.shape[0], 4 * bs):
         sl = slice(i, i + 4 * bs)
-        total[0] += _loss(dynamics, net, [None if v is None else v[sl] for v in val]).sum()
+        with float32():
+            batch = [None if v is None else v[sl] for v in val]
+            total[0] += _loss(dynamics, net, batch).sum()
     total[1] = x_val.shape[0]
     if group is not None:
         total = group.sum(total)

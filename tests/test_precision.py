@@ -43,7 +43,7 @@ def _pairs(n: int, seed: int = 0) -> np.ndarray:
 
 def _fit(n: int = 300, **params) -> SimformerEstimator:
     small = dict(variables=[2, 2], d_model=16, n_layers=2, n_heads=2, max_epochs=2,
-                 batch_size=64, device="cpu", random_state=0)
+                 batch_size=64, device="cpu", random_state=0, precision="auto")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return SimformerEstimator(**{**small, **params}).fit(_pairs(n))
@@ -75,6 +75,13 @@ def test_auto_chooses_bf16_on_a_cpu_with_amx(cpu_flags):
     cpu_flags(AMX)
     assert _fit().precision_ == "bfloat16"
     assert _fit(precision="float32").precision_ == "float32"
+
+
+def test_the_default_is_float32_even_with_amx(cpu_flags):
+    """bf16 cost gaussian_mixture 0.007-0.020 in C2ST (docs/speed.md): an opt-in."""
+    cpu_flags(AMX)
+    assert SimformerEstimator().precision == "float32"
+    assert _fit(precision=SimformerEstimator().precision).precision_ == "float32"
 
 
 def test_asking_for_bf16_without_bf16_units_is_a_clear_error(cpu_flags):
@@ -123,6 +130,27 @@ def test_bf16_does_nothing_on_a_device_without_bf16_units(cpu_flags):
     exact = net(x, t, observed)
     net.precision = "bfloat16"
     assert torch.equal(net(x, t, observed), exact)
+
+
+def test_the_validation_loss_is_float32_and_the_training_loss_bf16(cpu_flags):
+    """The validation loss picks the best epoch and stops training: its late improvements are
+    below bf16's rounding, so it is taken in float32."""
+    from skformer.dynamics import ScoreDynamics
+    from skformer.training import _loss, _validate
+
+    cpu_flags(AMX)
+    net = _network()
+    net.precision = "bfloat16"
+    seen = []
+    net.blocks[0].qkv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    gen = torch.Generator().manual_seed(0)
+    batch = (torch.randn(32, 6, generator=gen), torch.rand(32, 6, generator=gen) < 0.5, None,
+             ScoreDynamics().training_sigmas(32, gen), torch.randn(32, 6, generator=gen), None)
+    _validate(ScoreDynamics(), net, batch, 8)
+    assert seen == [torch.float32]
+    seen.clear()
+    _loss(ScoreDynamics(), net, batch)
+    assert seen == [torch.bfloat16]
 
 
 def test_log_densities_are_float32_whatever_the_precision(cpu_flags):
