@@ -36,6 +36,8 @@ SETTINGS = [("column", 40, "-"), ("variable", 40, "readout"), ("variable", 80, "
             ("variable", 40, "hourglass"), ("variable", 40, "mlp"), ("variable", 80, "mlp")]
 """(tokens, epochs, design): the design of the network with groups (``group_embedding``, set
 through ``skformer.network.GROUP_EMBEDDING``; "-" for one token per column)."""
+ROWS, LOG_PROB_DRAWS, DRAWS = 3000, 300, 4000
+"""Simulations per fit; posterior draws scored by their log density; draws for the moments."""
 X_O = [1.1, 0.9, 1.3]
 MIXED = [True, False, False, False, True, True]  # one entry per column: True = observed
 MIXED_OBSERVED = [0.3, 1.2, 0.8]
@@ -65,7 +67,7 @@ def _fit_and_score(method: str, tokens: str, epochs: int, design: str) -> dict:
     tiny = dict(d_model=32, n_layers=2, n_heads=2, batch_size=128, learning_rate=3e-3)
     est = SimformerEstimator(method=method, tokens=tokens, max_epochs=epochs,
                              early_stopping=False, random_state=0, **tiny)
-    X = simulate(3000, 0)
+    X = simulate(ROWS, 0)
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -75,10 +77,10 @@ def _fit_and_score(method: str, tokens: str, epochs: int, design: str) -> dict:
     x_o = np.asarray(X_O)
     mu = x_o - 1.0
     post = est.posterior()
-    theta = post.sample(300, observed=x_o, random_state=0)
+    theta = post.sample(LOG_PROB_DRAWS, observed=x_o, random_state=0)
     exact = exact_log_prob(x_o, theta)
     mae = float(np.abs(post.log_prob(theta, observed=x_o) - exact).mean())
-    many = post.sample(4000, observed=x_o, random_state=1)
+    many = post.sample(DRAWS, observed=x_o, random_state=1)
     row = dict(method=method, tokens=tokens, design=design, epochs=epochs,
                train_s=round(train_s, 2),
                post_logprob_mae=round(mae, 3),
@@ -86,7 +88,7 @@ def _fit_and_score(method: str, tokens: str, epochs: int, design: str) -> dict:
                post_std_err=round(float(np.abs(many.std(0) - 0.1).max()), 3),
                machine=machine(), timestamp=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     try:
-        draws = est.condition(np.asarray(MIXED)).sample(4000, observed=MIXED_OBSERVED,
+        draws = est.condition(np.asarray(MIXED)).sample(DRAWS, observed=MIXED_OBSERVED,
                                                         random_state=1)
     except ValueError:
         row.update(mixed_mean_err="refused", mixed_std_err="refused")

@@ -494,6 +494,8 @@ def test_token_layout_scores_both_layouts_and_resumes(tmp_path, monkeypatch):
 
     monkeypatch.setattr(token_layout, "SETTINGS",
                         [("column", 2, "-"), ("variable", 2, "mlp")])
+    for name, value in (("ROWS", 600), ("LOG_PROB_DRAWS", 40), ("DRAWS", 500)):
+        monkeypatch.setattr(token_layout, name, value)
     out = tmp_path / "layout.csv"
     token_layout.main(["--out", str(out)])
     done = _rows(out)
