@@ -104,8 +104,10 @@ def done(out: Path) -> set:
 
 def append(out: Path, row: dict) -> None:
     out.parent.mkdir(exist_ok=True)
-    if out.exists() and out.read_text().split("\n", 1)[0].split(",") != FIELDS:
-        raise SystemExit(f"{out} was written with other columns; name a new --out.")
+    if out.exists():
+        with out.open() as f:  # the header only
+            if f.readline().rstrip("\n").split(",") != FIELDS:
+                raise SystemExit(f"{out} was written with other columns; name a new --out.")
     rows.append(out, FIELDS, row)
 
 

@@ -55,8 +55,8 @@ a call can still pass more with ``steps=``."""
 
 AUTO_BF16 = ("cpu",)
 """Device types where ``precision="auto"`` picks bf16 when the device has bf16 units: CPUs with
-AMX, where a training step at 13-20 tokens is 1.3-1.5x cheaper (docs/speed.md). GPUs stay
-float32 until a benchmark on one measures both."""
+AMX, where a bare training step at 13-20 tokens is 1.3-1.4x cheaper and a whole fit's epoch
+0.95-1.19x (docs/speed.md). GPUs stay float32 until a benchmark on one measures both."""
 
 
 class SimformerEstimator(DensityMixin, BaseEstimator):
@@ -127,14 +127,13 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         column (the Simformer paper's choice), one per variable, each variable cut into tokens
         of at most k columns (an int k), or "auto" (chunks of at most 8 columns, at most 4
         tokens per variable; one token per column where variables carry positions and for data
-        of at most 8 columns). With
-        groups, every column still keeps its own value, state and output: the blocks attend
-        over one token per group (embedding each of its columns' value and state) but the last,
-        which attends over one token per column plus its group's output, so every condition
-        mask is answered, also one that observes part of a group, and training draws such masks
-        too (one row in five). Tokens never mix variables; an edge mask must
-        treat a token's columns alike. What each costs and how accurate it is:
-        docs/speed.md. ``token_columns_`` lists the columns of each token.
+        of at most 8 columns). With groups, every column still keeps its own value, state and
+        output: the blocks attend over one token per group (embedding each of its columns'
+        value and state) but the last, which attends over one token per column plus its
+        group's output, so every condition mask is answered, also one that observes part of a
+        group, and training draws such masks too (one row in five). Tokens never mix
+        variables; an edge mask must treat a token's columns alike. What each costs and how
+        accurate it is: docs/speed.md. ``token_columns_`` lists the columns of each token.
     d_model, n_layers, n_heads : int, default=64, 4, 4
         Transformer width, depth and attention heads.
     max_epochs : int, default=400
@@ -187,10 +186,11 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         units (:func:`skformer.network.bf16_units`: a CPU with AMX, a GPU of compute
         capability 8 or later). "auto": bf16 where :data:`AUTO_BF16` names the device's type
         and it has such units, float32 elsewhere (never on a CPU without them). On a CPU with
-        AMX, bf16 trains 1.3-1.5x faster per step at 13-20 columns with the same C2ST on six
-        of the seven benchmark tasks, but gaussian_mixture lost 0.007-0.020 (two seeds), so
-        float32 stays the default (docs/speed.md). The value used is ``precision_``; saved
-        models keep it, and run in float32 on a device without bf16 units.
+        AMX, bf16 fits 0.95-1.19x faster per epoch (a bare step at 13-20 columns: 1.3-1.4x)
+        with the same C2ST on six of the seven benchmark tasks, but gaussian_mixture lost
+        0.007-0.020 (two seeds), so float32 stays the default (docs/speed.md). The value used
+        is ``precision_``; saved models keep it, and run in float32 on a device without bf16
+        units.
     random_state : int, RandomState or Generator instance, or None, default=None
         Seeds everything random in ``fit`` (see :func:`skformer._utils.fit_seeds`): weight
         initialisation, validation split, shuffling, masks and noise. With an int, a fit is

@@ -605,11 +605,10 @@ def _validate(dynamics, net, val, bs, group: Group | None = None) -> float:
     x_val = val[0]
     net.eval()
     total = torch.zeros(2, device=x_val.device)
-    for i in range(0, x_val.shape[0], 4 * bs):
-        sl = slice(i, i + 4 * bs)
-        with float32():
-            batch = [None if v is None else v[sl] for v in val]
-            total[0] += _loss(dynamics, net, batch).sum()
+    with float32():
+        for i in range(0, x_val.shape[0], 4 * bs):
+            sl = slice(i, i + 4 * bs)
+            total[0] += _loss(dynamics, net, [None if v is None else v[sl] for v in val]).sum()
     total[1] = x_val.shape[0]
     if group is not None:
         total = group.sum(total)
