@@ -206,6 +206,41 @@ def test_training_noise_levels():
     assert s.min() >= lo * 0.999 and s.max() <= vp.sigma_start * 1.001
 
 
+def _cdf(dynamics):
+    """The CDF of the training noise levels of ``dynamics`` (VE, flow without its uniform
+    share, VP), as a function of sigma."""
+    if isinstance(dynamics, FlowDynamics) or dynamics.sde == "ve":
+        return lambda s: stats.norm(dynamics.p_mean, dynamics.p_std).cdf(np.log(s))
+    grid = np.linspace(dynamics.t_eps, 1, 200_001)
+    sig = dynamics._vp_sigma(torch.as_tensor(grid, dtype=torch.float64)).numpy()
+    return lambda s: (np.interp(s, sig, grid) - dynamics.t_eps) / (1 - dynamics.t_eps)
+
+
+@pytest.mark.parametrize("dynamics", [ScoreDynamics("ve", stratified=True),
+                                      ScoreDynamics("vp", stratified=True),
+                                      FlowDynamics(uniform_fraction=0, stratified=True)],
+                         ids=IDS)
+def test_stratified_noise_levels_cover_every_stratum(dynamics):
+    """stratified=True: a batch of n has exactly one noise level in each n-quantile of the
+    distribution (independent draws leave about a third of the strata empty), in a random
+    order, with the same distribution across batches; the setting persists in the config."""
+    cdf = _cdf(dynamics)
+    n = 256
+    levels = dynamics.training_sigmas(n, _gen(0)).numpy()
+    strata = np.floor(cdf(levels) * n).astype(int)
+    assert sorted(strata) == list(range(n))
+    assert not (np.diff(strata) > 0).all()  # not in order: rows get levels at random
+    plain = type(dynamics)(**{**dynamics.config(), "stratified": False})
+    empty = n - len(set(np.floor(cdf(plain.training_sigmas(n, _gen(0)).numpy()) * n)))
+    assert empty > n / 5
+    pooled = np.concatenate([dynamics.training_sigmas(n, _gen(s)).numpy() for s in range(40)])
+    assert stats.kstest(cdf(pooled), stats.uniform().cdf).pvalue > 1e-3
+    assert type(dynamics)(**dynamics.config()).stratified is True
+    assert make_dynamics(dynamics.name, {"stratified": True}).stratified is True
+    with pytest.raises(ValueError, match="stratified"):
+        type(dynamics)(stratified="yes")
+
+
 @pytest.mark.parametrize("dynamics", ALL, ids=IDS)
 @pytest.mark.parametrize("steps", [1, 2, 20])
 def test_time_grid(dynamics, steps):

@@ -47,6 +47,10 @@ class Dynamics(abc.ABC):
     ----------
     sigma_min, sigma_max : float
         Ends of the sampling grid, in standardised units (data have unit variance).
+    stratified : bool, default=False
+        Draw a training batch's noise levels one per stratum of their distribution (in a
+        random order) rather than independently: every batch then spans the noise levels
+        evenly, and the loss of a step varies less.
 
     Every constructor argument of a subclass is returned by :meth:`config`, so that
     ``type(d)(**d.config())`` rebuilds it (persistence stores the config).
@@ -55,12 +59,16 @@ class Dynamics(abc.ABC):
     name: ClassVar[str]
     """The name the estimator's ``method`` parameter uses."""
 
-    def __init__(self, sigma_min: float = 1e-3, sigma_max: float = 40.0):
+    def __init__(self, sigma_min: float = 1e-3, sigma_max: float = 40.0,
+                 stratified: bool = False):
         if not 0 < sigma_min < sigma_max < math.inf:
             raise ValueError(
                 f"need 0 < sigma_min < sigma_max < inf; got {sigma_min!r} and {sigma_max!r}."
             )
+        if not isinstance(stratified, bool):
+            raise ValueError(f"stratified must be True or False; got {stratified!r}.")
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+        self.stratified = stratified
 
     # ------------------------------------------------------------------ what a method chooses
     @abc.abstractmethod
@@ -96,7 +104,24 @@ class Dynamics(abc.ABC):
 
     def config(self) -> dict[str, Any]:
         """Constructor arguments (JSON values), for persistence."""
-        return {"sigma_min": self.sigma_min, "sigma_max": self.sigma_max}
+        return {"sigma_min": self.sigma_min, "sigma_max": self.sigma_max,
+                "stratified": self.stratified}
+
+    # ------------------------------------------------------------------ training draws
+    def _uniform(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        """``n`` draws of U(0, 1); with :attr:`stratified`, one in each of n equal strata, in a
+        random order (the batch then covers the whole range, whatever its size)."""
+        u = torch.rand(n, generator=gen, device=gen.device)
+        if not self.stratified:
+            return u
+        strata = torch.randperm(n, generator=gen, device=gen.device).to(u.dtype)
+        return (strata + u) / n
+
+    def _normal(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        """``n`` draws of N(0, 1), stratified like :meth:`_uniform` when asked."""
+        if not self.stratified:
+            return torch.randn(n, generator=gen, device=gen.device)
+        return torch.special.ndtri(self._uniform(n, gen).clamp(1e-7, 1 - 1e-7))
 
     # ------------------------------------------------------------------ shared by every method
     def prior_sample(self, shape, gen: torch.Generator) -> torch.Tensor:

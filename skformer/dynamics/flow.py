@@ -49,14 +49,17 @@ class FlowDynamics(Dynamics):
         ``logit(t) ~ N(p_mean, p_std^2)`` for "logit-normal".
     uniform_fraction : float in [0, 1]
         For "logit-normal": the share of training times drawn uniformly instead.
+    stratified : bool
+        Training times one per stratum of a batch (see
+        :class:`~skformer.dynamics.base.Dynamics`).
     """
 
     name = "flow"
 
     def __init__(self, sigma_min: float = 1e-3, sigma_max: float = 40.0,
                  time_sampling: str = "logit-normal", p_mean: float = -1.2, p_std: float = 1.4,
-                 uniform_fraction: float = 0.25):
-        super().__init__(sigma_min, sigma_max)
+                 uniform_fraction: float = 0.25, stratified: bool = False):
+        super().__init__(sigma_min, sigma_max, stratified)
         if time_sampling not in ("uniform", "logit-normal"):
             raise ValueError(f"time_sampling must be 'uniform' or 'logit-normal'; got "
                              f"{time_sampling!r}.")
@@ -81,11 +84,11 @@ class FlowDynamics(Dynamics):
         return eps - x0
 
     def training_sigmas(self, n, gen):
-        t = torch.rand(n, generator=gen, device=gen.device)
+        t = self._uniform(n, gen)
         uniform = t / (1 - t)
         if self.time_sampling == "uniform":
             return uniform
-        z = torch.randn(n, generator=gen, device=gen.device)
+        z = self._normal(n, gen)
         sigma = torch.exp(self.p_mean + self.p_std * z)
         if self.uniform_fraction > 0:
             pick = torch.rand(n, generator=gen, device=gen.device) < self.uniform_fraction

@@ -42,16 +42,19 @@ class ScoreDynamics(Dynamics):
     beta_min, beta_d, t_eps : float
         The VP schedule ``sigma(t)^2 = exp(beta_min t + beta_d t^2 / 2) - 1`` on
         ``t in [t_eps, 1]``.
+    stratified : bool
+        Training noise levels one per stratum of a batch (see
+        :class:`~skformer.dynamics.base.Dynamics`).
     """
 
     name = "score"
 
     def __init__(self, sde: str = "ve", sigma_min: float = 1e-3, sigma_max: float = 40.0,
                  p_mean: float = -1.2, p_std: float = 1.4, beta_min: float = 0.1,
-                 beta_d: float = 19.9, t_eps: float = 1e-3):
+                 beta_d: float = 19.9, t_eps: float = 1e-3, stratified: bool = False):
         if sde not in ("ve", "vp"):
             raise ValueError(f"sde must be 've' or 'vp'; got {sde!r}.")
-        super().__init__(sigma_min, sigma_max)
+        super().__init__(sigma_min, sigma_max, stratified)
         for name, v in (("p_std", p_std), ("beta_min", beta_min), ("beta_d", beta_d)):
             if not 0 < v < math.inf:
                 raise ValueError(f"{name} must be positive and finite; got {v!r}.")
@@ -88,9 +91,8 @@ class ScoreDynamics(Dynamics):
 
     def training_sigmas(self, n, gen):
         if self.sde == "ve":
-            z = torch.randn(n, generator=gen, device=gen.device)
-            return torch.exp(self.p_mean + self.p_std * z)
-        u = torch.rand(n, generator=gen, device=gen.device)
+            return torch.exp(self.p_mean + self.p_std * self._normal(n, gen))
+        u = self._uniform(n, gen)
         return self._vp_sigma(self.t_eps + (1 - self.t_eps) * u)
 
     def time_grid(self, steps, device):
