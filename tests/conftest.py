@@ -73,9 +73,7 @@ def _fingerprint(est) -> tuple:
     return params, {k: v.detach().clone() for k, v in est.model_.state_dict().items()}
 
 
-@pytest.fixture(scope="session", params=["score", "flow"])
-def fitted(request, device):
-    """A small model of each method fitted once on the seed task, shared by the test files."""
+def _fit_seed_model(method: str, device: torch.device):
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
@@ -84,6 +82,17 @@ def fitted(request, device):
 
     from _data import TINY, seed_task
 
+    est = SimformerEstimator(method=method, max_epochs=40, random_state=0, device=device,
+                             **TINY)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(seed_task())
+    return est
+
+
+@pytest.fixture(scope="session", params=["score", "flow"])
+def fitted(request, device, tmp_path_factory):
+    """A small model of each method fitted once on the seed task, shared by the test files."""
     key = (request.param, str(device))
     if key in _FITTED:
         est, (params, state) = _FITTED[key]
@@ -92,10 +101,23 @@ def fitted(request, device):
             torch.equal(now_state[k], state[k]) for k in state
         ), "a test changed the shared fitted fixture (copy it before changing it)"
         return est
-    est = SimformerEstimator(method=request.param, max_epochs=40, random_state=0,
-                             device=device, **TINY)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        est.fit(seed_task())
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # parallel workers (make test) share one fit of each model through the run's common
+        # temporary folder: the first worker to need it fits and pickles it, the others wait
+        # for it and load it (a pickled estimator samples and scores bit for bit the same)
+        import pickle
+
+        from filelock import FileLock
+
+        name = f"fitted-{request.param}-{device}".replace(":", "-")
+        path = tmp_path_factory.getbasetemp().parent / f"{name}.pkl"
+        with FileLock(f"{path}.lock"):
+            if path.exists():
+                est = pickle.loads(path.read_bytes())
+            else:
+                est = _fit_seed_model(request.param, device)
+                path.write_bytes(pickle.dumps(est))
+    else:
+        est = _fit_seed_model(request.param, device)
     _FITTED[key] = est, _fingerprint(est)
     return est

@@ -35,7 +35,9 @@ def test_log_prob_matches_analytic_posterior(fitted):
 
 def test_hutchinson_agrees_with_exact(fitted):
     post = fitted.posterior()
-    theta = post.sample(100, observed=X_O, random_state=1)
+    # 40 points: the mean error is 0.000-0.010 over fits of seeds 0-2 and draws of seeds 1-3
+    # (0.15 allowed)
+    theta = post.sample(40, observed=X_O, random_state=1)
     exact = post.log_prob(theta, observed=X_O, divergence="exact")
     hutch = post.log_prob(theta, observed=X_O, divergence="hutchinson", n_probes=32)
     assert np.abs(exact - hutch).mean() < 0.15

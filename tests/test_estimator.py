@@ -64,7 +64,9 @@ def test_batched_observations_match_single(fitted):
 def test_other_solvers_sample_the_posterior(fitted, solver):
     steps = {"heun": 15, "euler": 60, "sde": 100}[solver]
     x_o = np.array([1.1, 0.9, 1.3])
-    samples = fitted.posterior().sample(3000, observed=x_o, random_state=0, steps=steps,
+    # 1500 draws: the mean's Monte-Carlo error (0.003) and the spread's (0.002) are far inside
+    # the tolerances (over fits and draws of seeds 0-2 at most 0.53 of either is used)
+    samples = fitted.posterior().sample(1500, observed=x_o, random_state=0, steps=steps,
                                         solver=solver)
     np.testing.assert_allclose(samples.mean(0), x_o - 1, atol=MEAN_TOL)
     assert np.all(np.abs(samples.std(0) - 0.1) < 0.035), samples.std(0)

@@ -298,7 +298,9 @@ def test_trained_model_iid_posterior_under_a_uniform_prior(device):
     trials = 0.95 + 1 + 0.1 * rng.normal(size=(10, 1))
     mu, sd = trials.mean() - 1, 0.1 / math.sqrt(10)
     exact = truncnorm((-1 - mu) / sd, (1 - mu) / sd, loc=mu, scale=sd)
-    s = est.posterior().sample(2000, trials, iid=True, random_state=0)
+    # 1000 draws: their Monte-Carlo error (0.03 sd of the model's spread) is ~1 % of the
+    # tolerances below
+    s = est.posterior().sample(1000, trials, iid=True, random_state=0)
     assert abs(s.mean() - exact.mean()) < 2.5 * exact.std()
     assert s.std() < 2.5 * exact.std()
     assert np.mean(s > 1.05) < 0.05  # the box edge is (nearly) respected

@@ -47,8 +47,9 @@ def test_warm_start_continues_from_the_fitted_weights_and_improves_them(trained)
     np.testing.assert_array_equal(est.mean_, mean)  # the first fit's standardiser stays
     assert not same_weights(weights(est), start)
     assert same_weights(weights(trained), start)  # the fitted estimator it copied is untouched
-    # and the continued model is better: a higher log density of fresh simulations
-    held_out = seed_task(500, seed=9)
+    # and the continued model is better: a higher log density of fresh simulations (200 rows:
+    # the gain is 0.50-1.49 over fits of seeds 0-2 and held-out seeds 9-11, 0.05 needed)
+    held_out = seed_task(200, seed=9)
     assert est.score(held_out) > trained.score(held_out) + 0.05
 
 
