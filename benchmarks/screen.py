@@ -103,22 +103,25 @@ def _load(paths):
 
 
 def _reference(df_ref) -> dict:
-    """task -> reference C2ST (skformer score, the table's run, observations 1-3)."""
+    """task -> (reference C2ST, its epochs) (skformer score, the table's run, observations
+    1-3)."""
     ref = df_ref[(df_ref["method"] == "skformer_score")
                  & df_ref["config"].isin(["default", "previous run"])]
     out = {}
     for task, rows in ref.groupby("task"):
         rows = rows[rows["config"] == ("default" if (rows["config"] == "default").any()
                                        else "previous run")]
-        out[task] = float(rows["c2st"].mean())
+        out[task] = float(rows["c2st"].mean()), rows["epochs"].iloc[0]
     return out
 
 
 def summary(screen_csv: Path = OUT, reference=REFERENCE) -> list[dict]:
     """One record per candidate (method + config) and task: mean C2ST over the screened
-    observations, training seconds, the same-day NPE's, their ratio, and the reference C2ST."""
+    observations, training seconds, the same-day NPE's, their ratio, and the reference C2ST
+    and epochs."""
     df = _load([screen_csv])
     ref = _reference(_load(reference))
+    nothing = (float("nan"), "-")
     npe = df[df["method"] == "npe"]
     rows = []
     # a task's conditionals are their own line (gaussian_dag's reference mixes both targets)
@@ -140,8 +143,9 @@ def summary(screen_csv: Path = OUT, reference=REFERENCE) -> list[dict]:
                          n=int(g["c2st"].notna().sum()), train_s=float(g["train_s"].iloc[0]),
                          epochs=g["epochs"].iloc[0], npe_s=npe_s, npe_c2st=npe_c2st,
                          multiple=float(g["train_s"].iloc[0]) / npe_s,
-                         reference=ref.get(task, float("nan")),
-                         delta=c2st - ref.get(task, float("nan")), date=str(when.date())))
+                         reference=ref.get(task, nothing)[0],
+                         reference_epochs=ref.get(task, nothing)[1],
+                         delta=c2st - ref.get(task, nothing)[0], date=str(when.date())))
     return rows
 
 
@@ -157,18 +161,21 @@ def report(screen_csv: Path = OUT, reference=REFERENCE) -> str:
         mine.sort(key=lambda r: order.get(r["task"], 99))
         fast = sum(round(r["multiple"], 1) <= GOAL_MULTIPLE for r in mine)
         good = sum(round(r["delta"], 3) <= GOAL_C2ST for r in mine if not math.isnan(r["delta"]))
+        screened = sum(r["task"] in TASKS for r in mine)  # conditionals are lines, not tasks
         lines += [f"### {method}, {config} ({mine[0]['date']})", "",
-                  f"{len(mine)} of {len(TASKS)} tasks; within {GOAL_MULTIPLE}x NPE: {fast}; "
+                  f"{screened} of {len(TASKS)} tasks; within {GOAL_MULTIPLE}x NPE: {fast}; "
                   f"C2ST within +{GOAL_C2ST} of the reference: {good}", "",
-                  "| task | C2ST | reference | Δ | NPE C2ST | train s | epochs | NPE s | × NPE |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| task | C2ST | reference | Δ | NPE C2ST | train s | epochs | reference epochs "
+                  "| NPE s | × NPE |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         def shown(value: float, spec: str, unit: str = "") -> str:  # "-": no NPE that day
             return "-" if math.isnan(value) else f"{value:{spec}}{unit}"
 
         for r in mine:
             lines.append(f"| {r['task']} | {r['c2st']:.3f} | {shown(r['reference'], '.3f')} | "
                          f"{shown(r['delta'], '+.3f')} | {shown(r['npe_c2st'], '.3f')} | "
-                         f"{r['train_s']:.0f} | {r['epochs']} | {shown(r['npe_s'], '.0f')} | "
+                         f"{r['train_s']:.0f} | {r['epochs']} | {r['reference_epochs']} | "
+                         f"{shown(r['npe_s'], '.0f')} | "
                          f"{shown(r['multiple'], '.1f', 'x')} |")
         lines.append("")
     return "\n".join(lines)

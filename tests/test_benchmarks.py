@@ -373,14 +373,16 @@ def test_screen_report_compares_with_the_npe_fit_nearest_in_time_and_the_referen
         row("skformer_score", "slcp", 2, 0.8, 200, day1, "default+d_model=32"),
         row("skformer_score", "slcp", 7, 0.99, 200, day1, "default+d_model=32"),  # not screened
     ])
-    write(ref_csv, [row("skformer_score", "slcp", k, 0.74, 900, day1) for k in (1, 2, 3)])
+    write(ref_csv, [{**row("skformer_score", "slcp", k, 0.74, 900, day1), "epochs": 120}
+                    for k in (1, 2, 3)])
     (rec,) = screen.summary(screen_csv, [ref_csv])
     assert rec["c2st"] == pytest.approx(0.75) and rec["n"] == 2
     assert rec["npe_s"] == 100 and rec["multiple"] == pytest.approx(2.0)
     assert rec["npe_c2st"] == pytest.approx(0.85)
-    assert rec["delta"] == pytest.approx(0.01)
+    assert rec["delta"] == pytest.approx(0.01) and rec["reference_epochs"] == 120
     text = screen.report(screen_csv, [ref_csv])
-    assert "| slcp | 0.750 | 0.740 | +0.010 | 0.850 | 200 | 50 | 100 | 2.0x |" in text
+    assert "| slcp | 0.750 | 0.740 | +0.010 | 0.850 | 200 | 50 | 120 | 100 | 2.0x |" in text
+    assert "1 of 7 tasks" in text
     assert "within 2.5x NPE: 1; C2ST within +0.01 of the reference: 1" in text
 
 
