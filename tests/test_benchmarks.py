@@ -566,3 +566,38 @@ def test_report_appends_the_sequential_table_when_its_csv_exists(quick_csv, tmp_
     text = write_report(quick_csv, tmp_path / "docs2",
                         sequential_csv=tmp_path / "none.csv").read_text()
     assert "keep arriving" not in text
+
+
+def test_validation_cost_measures_each_setting_once_and_compares_two_runs(tmp_path):
+    """benchmarks/validation_cost.py: --measure times each budget and validation_rows setting
+    once (a second call resumes, fitting nothing), and --compare pairs two harness runs per
+    task over the observations both scored."""
+    import validation_cost
+
+    out = tmp_path / "cost.csv"
+    recs = validation_cost.measure([200], (4096, 1), epochs=1, out=out)
+    assert [(int(r["budget"]), int(r["validation_rows"]), int(r["epochs"])) for r in recs] == [
+        (200, 4096, 1), (200, 1, 1)]
+    assert all(float(r["s_per_epoch"]) > 0 for r in recs)
+    assert validation_cost.measure([200], (4096, 1), epochs=1, out=out) == recs  # resumed
+    table = validation_cost.measure_table(recs).splitlines()
+    assert table[2].startswith("| 200 | 4096 |") and table[2].endswith("| - |")
+    assert table[3].endswith("x faster |")
+
+    def run(path, c2sts, train_s, epochs):
+        with open(path, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=COLUMNS)
+            w.writeheader()
+            for k, c in c2sts.items():
+                w.writerow({**dict.fromkeys(COLUMNS, ""), "task": "seed", "target": "posterior",
+                            "observation": k, "status": "ok", "c2st": c, "train_s": train_s,
+                            "epochs": epochs})
+
+    run(tmp_path / "a.csv", {1: 0.60, 2: 0.50, 3: 0.70}, 100.0, 100)
+    run(tmp_path / "b.csv", {1: 0.62, 2: 0.54}, 40.0, 80)  # observation 3 not scored
+    (rec,) = validation_cost.compare(tmp_path / "a.csv", tmp_path / "b.csv")
+    assert rec["observations"] == 2 and rec["base_c2st"] == pytest.approx(0.55)
+    assert rec["delta"] == pytest.approx(0.03)
+    row = validation_cost.compare_table([rec]).splitlines()[2]
+    assert row == ("| seed | posterior | 2 | 0.550 | 0.580 | +0.030 | 100 → 80 | "
+                   "1.00 → 0.50 | 2.00x |")
