@@ -105,7 +105,17 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
     edge_masks : array-like, callable or None, default=None
         Training-time attention masks over variables (``[i, j]`` True: i attends to j): None for
         full attention, one matrix, a collection (one drawn per row), or a callable of the
-        (n, n_variables) numpy bool condition masks.
+        (n, n_variables) numpy bool condition masks, or a :class:`~skformer.graph.DAG`.
+    exchangeable : list of lists or None, default=None
+        Sets of exchangeable variables (by index or name): draws that are independent and
+        identically distributed given the same parents, such as repeated measurements or the
+        four draws of slcp (``[["x1", "x2", "x3", "x4"]]``). The variables of a set must have
+        the same number of columns; the k-th column of each shares one identity embedding and
+        one standardisation, so the network is symmetric under swapping them and learns one
+        conditional from all of them rather than one per variable. Needs one token per column
+        (``tokens="column"``, or ``"auto"``, which keeps one for these variables); with a
+        :class:`~skformer.graph.DAG`, the variables of a set must have the same parents and
+        children. What it gains: docs/missing_data.md.
     posterior_latent, posterior_observed : list of int or None, default=None
         Variable indexes of theta and x, from the posterior's point of view; used by
         ``posterior()``, ``likelihood()`` and the "structured" masks. None: variable 0 is
@@ -275,6 +285,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         "variables": [None, list, tuple, dict],
         "condition_masks": [StrOptions(set(CONDITION_MASK_NAMES)), callable, "array-like", set],
         "edge_masks": [None, callable, "array-like", DAG],
+        "exchangeable": [None, list, tuple],
         "posterior_latent": [None, "array-like", Interval(Integral, None, None, closed="neither")],
         "posterior_observed": [None, "array-like",
                                Interval(Integral, None, None, closed="neither")],
@@ -315,6 +326,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         condition_masks="structured",
         marginal_fraction=0.1,
         edge_masks=None,
+        exchangeable=None,
         posterior_latent=None,
         posterior_observed=None,
         bounds=None,
@@ -347,6 +359,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         self.condition_masks = condition_masks
         self.marginal_fraction = marginal_fraction
         self.edge_masks = edge_masks
+        self.exchangeable = exchangeable
         self.posterior_latent = posterior_latent
         self.posterior_observed = posterior_observed
         self.bounds = bounds
@@ -465,11 +478,36 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         split = self._training_split(layout)
         resolve_bounds(self.bounds, layout)  # a wrong key fails here, not at the first sample
         TrainingMasks(self.condition_masks, self.edge_masks, layout, split, 0, "cpu")
+        self._check_exchangeable(layout)
         if self.d_model % self.n_heads:
             raise ValueError(
                 f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})."
             )
         return split
+
+    def _check_exchangeable(self, layout: Layout) -> list[list[int]]:
+        """The exchangeable sets as variable indexes, checked against the layout, the tokens
+        and a declared DAG (in which swapping two variables of a set must change nothing)."""
+        sets = layout.exchangeable_sets(self.exchangeable)
+        if not sets:
+            return sets
+        if any(len(t) > 1 for t in self._token_columns(layout)):
+            raise ValueError(f"exchangeable variables need one token per column (tokens="
+                             f"'column' or 'auto'); got tokens={self.tokens!r}.")
+        if isinstance(self.edge_masks, DAG):
+            P = self.edge_masks.parent_matrix(layout.n_variables, layout.names)
+            for members in sets:
+                for b in members[1:]:
+                    a = members[0]
+                    perm = np.arange(layout.n_variables)
+                    perm[[a, b]] = perm[[b, a]]
+                    if not np.array_equal(P[np.ix_(perm, perm)], P):
+                        raise ValueError(
+                            f"exchangeable variables {layout.names[a]!r} and "
+                            f"{layout.names[b]!r} play different roles in the DAG (their "
+                            f"parents or children differ); exchangeable draws share their "
+                            f"parents and children.")
+        return sets
 
     def _make_dynamics(self) -> Dynamics:
         options = {"sde": self.sde} if self.method == "score" else {}
@@ -909,18 +947,12 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         groups = self.token_columns_
         if all(len(g) == 1 for g in groups):
             groups = None  # one token per column: the paper's embedding
-        identities, tied, dim = None, None, 0
-        if positions is not None:
-            identities, first = [], {}
-            for c in range(layout.n_columns):
-                v = int(layout.column_variable[c])
-                if v in positions.variables and v in first:
-                    identities.append(first[v])
-                    continue
-                identities.append(len(set(identities)))
-                first[v] = identities[-1]
-            tied = [list(layout.groups[v]) for v in positions.variables]
-            dim = positions.dim
+        # columns that share an identity and a standardisation: the readings of a variable with
+        # positions, the k-th columns of exchangeable variables
+        shared = layout.shared_columns(layout.exchangeable_sets(self.exchangeable),
+                                       [] if positions is None else positions.variables)
+        identities, tied = layout.column_identities(shared), shared or None
+        dim = 0 if positions is None else positions.dim
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seeds.weights)
             network = MaskedTransformer(layout.n_columns, self.d_model, self.n_layers,
@@ -942,8 +974,9 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         return Z[perm[n_val:]], (Z[perm[:n_val]] if n_val else None)
 
     def _token_columns(self, layout: Layout, positions: bool = False) -> list[list[int]]:
-        """The columns of each token (``tokens`` resolved by the layout)."""
-        return layout.token_columns(self.tokens, positions)
+        """The columns of each token (``tokens`` resolved by the layout; "auto" keeps one per
+        column with positions or exchangeable variables, whose identities are shared)."""
+        return layout.token_columns(self.tokens, positions or bool(self.exchangeable))
 
     def _resolve_batch_size(self, n_train: int, device: torch.device) -> int:
         if self.batch_size == "auto":

@@ -315,6 +315,77 @@ class Layout:
             return torch.stack([cols[..., list(g)].all(-1) for g in self.groups], -1)
         return np.stack([cols[..., list(g)].all(-1) for g in self.groups], -1)
 
+    # ------------------------------------------------------------------ exchangeable variables
+    def exchangeable_sets(self, spec) -> list[list[int]]:
+        """Validate ``exchangeable`` (None, or a list of sets of variables, each a list of
+        indexes or names) -> sets of variable indexes, each of at least two variables of one
+        size, no variable in two sets."""
+        if spec is None:
+            return []
+        if isinstance(spec, (str, bytes)) or not isinstance(spec, Sequence):
+            raise ValueError(f"exchangeable must be a list of sets of variables (lists of "
+                             f"indexes or names), e.g. [['x1', 'x2', 'x3']]; got {spec!r}.")
+        sets, seen = [], {}
+        for k, members in enumerate(spec):
+            if isinstance(members, (str, bytes, int, np.integer)) or not isinstance(
+                    members, Sequence):
+                raise ValueError(f"exchangeable[{k}] must be a list of variables; got "
+                                 f"{members!r} (give sets as lists: [['x1', 'x2']]).")
+            idx = self.variable_indexes(members, f"exchangeable[{k}]")
+            if len(idx) < 2 or len(set(idx)) != len(idx):
+                raise ValueError(f"exchangeable[{k}] must name at least two distinct variables; "
+                                 f"got {list(members)!r}.")
+            sizes = {self.names[v]: len(self.groups[v]) for v in idx}
+            if len(set(sizes.values())) > 1:
+                raise ValueError(f"exchangeable variables must have the same number of columns; "
+                                 f"exchangeable[{k}] has {sizes}.")
+            for v in idx:
+                if v in seen:
+                    raise ValueError(f"variable {self.names[v]!r} is in exchangeable[{seen[v]}] "
+                                     f"and exchangeable[{k}]; a variable belongs to one set.")
+                seen[v] = k
+            sets.append(idx)
+        return sets
+
+    def shared_columns(self, sets: Sequence[Sequence[int]],
+                       whole: Sequence[int] = ()) -> list[list[int]]:
+        """Classes of columns that share one identity and one standardisation: the k-th column
+        of every variable of an exchangeable set (``sets``, from :meth:`exchangeable_sets`),
+        and all the columns of each variable in ``whole`` (variables with positions, whose
+        readings sample one function). Only classes of two or more columns are returned."""
+        parent = list(range(self.n_columns))
+
+        def find(c: int) -> int:
+            while parent[c] != c:
+                parent[c] = parent[parent[c]]
+                c = parent[c]
+            return c
+
+        def join(a: int, b: int) -> None:
+            parent[find(a)] = find(b)
+
+        for members in sets:
+            first = self.groups[members[0]]
+            for v in members[1:]:
+                for a, b in zip(first, self.groups[v], strict=True):
+                    join(a, b)
+        for v in whole:
+            for c in self.groups[v][1:]:
+                join(self.groups[v][0], c)
+        classes: dict[int, list[int]] = {}
+        for c in range(self.n_columns):
+            classes.setdefault(find(c), []).append(c)
+        return [cols for cols in classes.values() if len(cols) > 1]
+
+    def column_identities(self, shared: Sequence[Sequence[int]]) -> list[int] | None:
+        """The identity of each column given the classes of :meth:`shared_columns`: numbered in
+        column order, one per class (None when no column shares one)."""
+        if not shared:
+            return None
+        owner = {c: min(cols) for cols in shared for c in cols}
+        ids: dict[int, int] = {}
+        return [ids.setdefault(owner.get(c, c), len(ids)) for c in range(self.n_columns)]
+
     # ------------------------------------------------------------------ tokens
     def token_columns(self, tokens, positions: bool = False) -> list[list[int]]:
         """The columns of each token: every variable cut into consecutive chunks.

@@ -37,12 +37,15 @@ class Settings:
     max_epochs: int | None = None  # overrides every method's maximum number of epochs
     #: extra SimformerEstimator parameters (``--skformer key=value``)
     skformer: dict | None = None
-    #: "task": the task's own variables; "theta-x": theta and x as two variables
+    #: "task": the task's own variables; "theta-x": theta and x as two variables;
+    #: "structure": those of the task's declared structure (``Task.STRUCTURE``)
     variables: str = "task"
     #: share of the training entries set missing (NaN) at random, for skformer
     missing: float = 0.0
     #: the task's DAG as skformer's edge_masks, with this inversion ("faithful" / "moral")
     dag: str | None = None
+    #: declare the task's exchangeable variables (its structure's) to skformer
+    exchangeable: bool = False
     #: declare the posterior split to skformer (False: its masks serve every conditional)
     split: bool = True
 
@@ -80,9 +83,15 @@ class Runner:
 # --------------------------------------------------------------------------- skformer
 def skformer_layout(task: Task, variables: str = "task", split: bool = True) -> dict:
     """The ``variables`` / ``posterior_latent`` / ``posterior_observed`` a task is fitted with:
-    its own ("task"), or theta and x as two variables ("theta-x", for tasks without a DAG);
-    without ``split``, no posterior split is declared."""
-    if variables == "theta-x" and not hasattr(task, "PARENTS"):  # a DAG keeps its variables
+    its own ("task"), theta and x as two variables ("theta-x", for tasks without a DAG), or
+    those of its declared structure ("structure"); without ``split``, no posterior split is
+    declared."""
+    if variables == "structure":
+        structure = _structure(task)
+        out = dict(variables=structure["variables"] or task.variables,
+                   posterior_latent=structure["latent"],
+                   posterior_observed=structure["observed"])
+    elif variables == "theta-x" and not hasattr(task, "PARENTS"):  # a DAG keeps its variables
         out = dict(variables=[task.dim_theta, task.dim_x], posterior_latent=[0],
                    posterior_observed=[1])
     else:
@@ -114,12 +123,21 @@ def prior_bounds(task: Task) -> dict | None:
     return bounds_of(task.prior_torch(), n_theta)
 
 
+def _structure(task: Task) -> dict:
+    if task.STRUCTURE is None:
+        raise ValueError(f"task {task.name} declares no structure (Task.STRUCTURE).")
+    return task.STRUCTURE
+
+
 def fit_skformer(task: Task, theta, x, seed: int, variables: str = "task",
-                 missing: float = 0.0, dag: str | None = None, split: bool = True, **kwargs):
+                 missing: float = 0.0, dag: str | None = None, split: bool = True,
+                 exchangeable: bool = False, **kwargs):
     """Fit a SimformerEstimator on a task's simulations (its defaults unless ``kwargs`` say
     otherwise); return (estimator, training seconds). ``missing`` sets that share of the
-    training entries to NaN; ``dag`` gives the task's DAG as ``edge_masks``. Running out of
-    epochs is not an error here: the ``epochs`` column records it."""
+    training entries to NaN; ``dag`` gives the task's DAG as ``edge_masks`` and
+    ``exchangeable`` its exchangeable variables (either fits the variables of the task's
+    structure). Running out of epochs is not an error here: the ``epochs`` column records
+    it."""
     from sklearn.exceptions import ConvergenceWarning
 
     from skformer import SimformerEstimator
@@ -127,10 +145,15 @@ def fit_skformer(task: Task, theta, x, seed: int, variables: str = "task",
 
     if kwargs.get("bounds") == "prior":  # --skformer bounds=prior: the prior's box, if any
         kwargs["bounds"] = prior_bounds(task)
-    if dag is not None:
-        if not hasattr(task, "PARENTS"):
-            raise ValueError(f"task {task.name} declares no DAG.")
-        kwargs["edge_masks"] = DAG(task.PARENTS, inversion=dag)
+    if dag is not None or exchangeable:
+        structure = _structure(task)
+        variables = "structure"
+        if dag is not None:
+            kwargs["edge_masks"] = DAG(structure["parents"], inversion=dag)
+        if exchangeable:
+            if not structure["exchangeable"]:
+                raise ValueError(f"task {task.name} declares no exchangeable variables.")
+            kwargs["exchangeable"] = structure["exchangeable"]
     est = SimformerEstimator(**skformer_layout(task, variables, split), random_state=seed,
                              **kwargs)
     X = with_missing(task.joint(theta, x), missing, seed)
@@ -159,6 +182,7 @@ class SkformerRunner(Runner):
         kwargs.update(settings.skformer or {})
         est, train_s = fit_skformer(task, theta, x, seed, variables=settings.variables,
                                     missing=settings.missing, dag=settings.dag,
+                                    exchangeable=settings.exchangeable,
                                     split=settings.split, method=self.method,
                                     device=settings.device, **kwargs)
         return Trained(est, train_s, est.n_iter_)

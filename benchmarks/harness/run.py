@@ -145,15 +145,20 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="set a design constant of skformer.network for this run (e.g. "
                          "GROUP_EMBEDDING=mlp), or of skformer.masks (masks.WITHIN_FRACTION=0); "
                          "recorded in the config column")
-    ap.add_argument("--variables", choices=["task", "theta-x"], default="task",
-                    help="skformer's variables: each task's own, or theta and x as two "
-                         "variables on the posterior-only tasks; recorded in the config column")
+    ap.add_argument("--variables", choices=["task", "theta-x", "structure"], default="task",
+                    help="skformer's variables: each task's own, theta and x as two "
+                         "variables on the posterior-only tasks, or those of the task's "
+                         "declared structure (slcp: theta and its four draws); recorded in the "
+                         "config column")
     ap.add_argument("--missing", type=float, default=0.0,
                     help="set this share of the training entries missing (NaN) at random; "
                          "skformer methods only (recorded in the config column)")
     ap.add_argument("--dag", choices=["faithful", "moral"], default=None,
                     help="give skformer the task's DAG as edge_masks (gaussian_dag, "
-                         "gaussian_tree)")
+                         "gaussian_tree, slcp, seed), on its structure's variables")
+    ap.add_argument("--exchangeable", action="store_true",
+                    help="declare the task's exchangeable variables to skformer (slcp's four "
+                         "draws), on its structure's variables")
     ap.add_argument("--no-split", action="store_true",
                     help="declare no posterior split to skformer (its default masks then serve "
                          "every conditional alike)")
@@ -238,6 +243,8 @@ def _config(args) -> str:
         config += f"+missing={args.missing:g}"
     if getattr(args, "dag", None):
         config += f"+dag={args.dag}"
+    if getattr(args, "exchangeable", False):
+        config += "+exchangeable"
     if getattr(args, "no_split", False):
         config += "+split=none"
     for pair in getattr(args, "skformer", []):
@@ -416,7 +423,8 @@ def _run(args: argparse.Namespace) -> Path:
     config = _config(args)
     settings = Settings(device=args.device, quick=args.quick, max_epochs=args.max_epochs,
                         skformer=_skformer_params(args.skformer), variables=args.variables,
-                        missing=args.missing, dag=args.dag, split=not args.no_split)
+                        missing=args.missing, dag=args.dag, split=not args.no_split,
+                        exchangeable=args.exchangeable)
     where = machine()
     stamp = lambda: datetime.now(timezone.utc).isoformat(timespec="seconds")  # noqa: E731
 

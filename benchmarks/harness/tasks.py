@@ -58,6 +58,11 @@ class Task:
     n_observations: int | None = 10
     #: pip hint if the task needs an optional package
     requires: str | None = None
+    #: the simulator's declared structure for skformer (None: the task declares none):
+    #: ``variables`` (None: the task's own), ``parents`` (variable -> parent variables, for
+    #: ``skformer.DAG``), ``exchangeable`` (sets of iid draws given their parents), and the
+    #: posterior's ``latent`` / ``observed`` variables under those variables
+    STRUCTURE: dict | None = None
 
     # variable indexes (skformer's posterior_latent / posterior_observed)
     @property
@@ -116,6 +121,8 @@ class SeedTask(Task):
     dim_theta = 3
     dim_x = 3
     variables = [3, 3]
+    STRUCTURE = dict(variables=[3, 3], parents={1: [0]}, exchangeable=[], latent=[0],
+                     observed=[1])
     n_observations = None
 
     def simulate(self, n, seed):
@@ -381,6 +388,10 @@ class SLCP(SbibmTask):
     name = "slcp"
     dim_theta = 5
     dim_x = 8
+    # the Simformer paper's graph: the four 2-D draws depend on all parameters and, given them,
+    # are iid (each draw's two columns are correlated: one variable)
+    STRUCTURE = dict(variables=[5, 2, 2, 2, 2], parents={1: [0], 2: [0], 3: [0], 4: [0]},
+                     exchangeable=[[1, 2, 3, 4]], latent=[0], observed=[1, 2, 3, 4])
 
     def sample_prior(self, n, rng):
         return rng.uniform(-3, 3, size=(n, 5))
@@ -471,6 +482,11 @@ class GaussianDAG(ExactGaussianTask, Task):
     n_observations = None
     PARENTS = {0: [], 1: [], 2: [0], 3: [0, 1], 4: [2], 5: [2, 3], 6: [1, 3], 7: [4],
                8: [4, 5], 9: [5, 6], 10: [0, 6], 11: [7, 8, 9]}
+
+    @property
+    def STRUCTURE(self) -> dict:  # noqa: N802 - the class attribute of the other tasks
+        return dict(variables=None, parents=self.PARENTS, exchangeable=[],
+                    latent=self.latent, observed=self.observed)
 
     def __init__(self, weight_seed: int = 2024):
         rng = np.random.default_rng(weight_seed)
