@@ -29,25 +29,27 @@ def test_seed_tutorial(cls, tmp_path, device):
     theta_o = torch.zeros(num_dims)
     x_o = simulator(theta_o)
 
-    inference = cls(random_state=0, device=str(device), **TINY)
+    inference = cls(random_state=0, device=str(device), training_options={"validation_rows": 1024},
+                    **TINY)
     inference.append_simulations(inputs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        # 1500 simulations, 20 epochs: the largest error of the means checked below
-        # (tolerance 0.05) is 0.008-0.022 over torch seeds and random states 0, 1, 2 for both
-        # classes
+        # 1500 simulations, 20 epochs, 1024 validation rows, 1000 draws: the largest error of
+        # the means checked below (tolerance 0.05) is 0.015-0.022 (30-43 % of it) over torch
+        # seeds and random states 0, 1, 2 for both classes; the draws' Monte-Carlo error
+        # (0.003) is far inside it
         net = inference.train(max_num_epochs=20)
     assert isinstance(net, torch.nn.Module)
 
     conditional = inference.build_conditional(condition_mask=[False, True])
-    samples = conditional.sample((4000,), x=x_o)
-    assert isinstance(samples, torch.Tensor) and samples.shape == (4000, 3)
+    samples = conditional.sample((1000,), x=x_o)
+    assert isinstance(samples, torch.Tensor) and samples.shape == (1000, 3)
     assert samples.device == x_o.device  # results come back where the observation lives
     samples = samples.cpu()
     np.testing.assert_allclose(samples.mean(0).numpy(), (x_o - 1).cpu().numpy(), atol=0.05)
 
     another = inference.build_conditional(condition_mask=[True, False])
-    lik = another.sample((4000,), x=theta_o).cpu()
+    lik = another.sample((1000,), x=theta_o).cpu()
     np.testing.assert_allclose(lik.mean(0).numpy(), np.ones(3), atol=0.05)
 
     inference.set_condition_indexes(new_posterior_latent_idx=[0], new_posterior_observed_idx=[1])
