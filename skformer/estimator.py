@@ -958,7 +958,8 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
             network = MaskedTransformer(layout.n_columns, self.d_model, self.n_layers,
                                         self.n_heads, groups=groups, identities=identities,
                                         position_dim=dim,
-                                        group_embedding=network_module.GROUP_EMBEDDING)
+                                        group_embedding=network_module.GROUP_EMBEDDING,
+                                        edge_heads=network_module.EDGE_HEADS)
         return SimformerModel(network, dynamics,
                               Standardiser.from_data(torch.as_tensor(X), tied), layout,
                               positions=positions)

@@ -650,7 +650,7 @@ class SimformerModel(nn.Module):
         dynamics = make_dynamics(spec.get("method"), spec["config"])
         arch = description.get("network")
         keys = ("n_tokens", "d_model", "n_layers", "n_heads")
-        optional = {"groups", "identities", "position_dim", "group_embedding"}
+        optional = {"groups", "identities", "position_dim", "group_embedding", "edge_heads"}
         if not isinstance(arch, dict) or not set(keys) <= set(arch) <= {*keys, *optional} \
                 or not all(type(arch[k]) is int and arch[k] >= 1 for k in keys):
             raise ValueError(f"the network description needs positive integers {keys} (and "

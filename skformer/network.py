@@ -80,6 +80,12 @@ GROUP_EMBEDDINGS = ("linear", "mlp", "hourglass", "readout")
 GROUP_EMBEDDING = "readout"
 """The design of new networks with tokens of several columns (see ``group_embedding``)."""
 
+EDGE_HEADS = None
+"""How many attention heads of each block an edge mask (a declared DAG) restricts in new
+networks: None for all of them; k < n_heads leaves the other heads attending to every token
+(missing tokens excepted), so a declared structure guides attention without cutting the direct
+routes between variables."""
+
 ATTENTION = "auto"
 """How attention is computed: "sdpa" (``F.scaled_dot_product_attention``), "math" (two matrix
 products and a softmax), or "auto": "math" on a GPU for at most :data:`SMALL_T` tokens, where
@@ -218,6 +224,9 @@ class MaskedTransformer(nn.Module):
     position_dim : int, default=0
         Coordinates of a token's position (0: tokens carry none). Positions come with each
         call (:meth:`forward`); tokens without one pass NaN.
+    edge_heads : int, optional
+        How many heads of each block an edge mask restricts (the first ones); the others attend
+        to every token. None: all heads.
 
     Attributes
     ----------
@@ -228,7 +237,8 @@ class MaskedTransformer(nn.Module):
 
     def __init__(self, n_tokens: int, d_model: int = 64, n_layers: int = 4, n_heads: int = 4,
                  groups: list[list[int]] | None = None, identities: list[int] | None = None,
-                 position_dim: int = 0, group_embedding: str = "linear"):
+                 position_dim: int = 0, group_embedding: str = "linear",
+                 edge_heads: int | None = None):
         super().__init__()
         if group_embedding not in GROUP_EMBEDDINGS:
             raise ValueError(f"group_embedding must be one of {GROUP_EMBEDDINGS}; got "
@@ -239,6 +249,11 @@ class MaskedTransformer(nn.Module):
             raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads}).")
         self.n_tokens, self.d_model = n_tokens, d_model
         self.n_layers, self.n_heads = n_layers, n_heads
+        if edge_heads is not None and not (isinstance(edge_heads, int)
+                                           and 0 <= edge_heads <= n_heads):
+            raise ValueError(f"edge_heads must be None or an int in [0, n_heads={n_heads}]; got "
+                             f"{edge_heads!r}.")
+        self.edge_heads = None if edge_heads == n_heads else edge_heads
         self.groups = None if groups is None else [[int(c) for c in g] for g in groups]
         self.identities = None if identities is None else [int(i) for i in identities]
         self.position_dim = int(position_dim)
@@ -323,7 +338,30 @@ class MaskedTransformer(nn.Module):
             out["position_dim"] = self.position_dim
         if self.groups is not None and self._group_embedding != "linear":
             out["group_embedding"] = self._group_embedding
+        if self._edge_heads is not None:
+            out["edge_heads"] = self._edge_heads
         return out
+
+    @property
+    def _edge_heads(self) -> int | None:
+        # pickles of networks made before edge_heads existed lack the attribute
+        return getattr(self, "edge_heads", None)
+
+    def _mask(self, edges, missing, batch: int, slots: int, device) -> torch.Tensor | None:
+        """The blocks' attention mask: the edge mask on the first :attr:`edge_heads` heads, the
+        others free of it (missing tokens stay hidden from every head)."""
+        restricted = _attention_mask(edges, missing, batch, slots, device)
+        k = self._edge_heads
+        if k is None or edges is None:
+            return restricted
+        free = _attention_mask(None, missing, batch, slots, device)
+        if free is None:
+            free = torch.ones(1, 1, slots, slots, dtype=torch.bool, device=device)
+        if restricted.ndim == 2:
+            restricted = restricted[None, None]
+        shape = (max(restricted.shape[0], free.shape[0]), 1, slots, slots)
+        return torch.cat([restricted.expand(shape).expand(-1, k, -1, -1),
+                          free.expand(shape).expand(-1, self.n_heads - k, -1, -1)], 1)
 
     @property
     def _group_embedding(self) -> str:
@@ -430,11 +468,11 @@ class MaskedTransformer(nn.Module):
         h = self._embed(x, observed, missing, positions, identities) + when
         if self._group_embedding == "readout":
             columns = self._column_tokens(x, observed, missing) + when
-            column_mask = _attention_mask(edges, missing, x.shape[0], x.shape[1], h.device)
+            column_mask = self._mask(edges, missing, x.shape[0], x.shape[1], h.device)
         if self.groups is not None:
             attn_mask = self._group_mask(edges, missing, x.shape[0], h.device)
         else:
-            attn_mask = _attention_mask(edges, missing, h.shape[0], h.shape[1], h.device)
+            attn_mask = self._mask(edges, missing, h.shape[0], h.shape[1], h.device)
         for block in self.blocks:
             h = block(h, attn_mask)
         if self._group_embedding == "readout":
@@ -457,7 +495,7 @@ class MaskedTransformer(nn.Module):
         to each of its columns."""
         B, T = x.shape
         h = self._column_tokens(x, observed, missing) + self.time(t)[:, None, :]
-        column_mask = _attention_mask(edges, missing, B, T, h.device)
+        column_mask = self._mask(edges, missing, B, T, h.device)
         h = self.column_in(h, column_mask)
         index = self._index(h.device)
         padded = torch.cat([h, h.new_zeros(B, 1, h.shape[-1])], 1)[:, index]  # (B, V, w, d)
@@ -480,7 +518,7 @@ class MaskedTransformer(nn.Module):
         if missing is not None:
             missing = torch.cat([missing.expand(batch, -1), missing.new_ones(batch, 1)], 1)[
                 :, index].all(-1)
-        return _attention_mask(edges, missing, batch, len(self.groups), device)
+        return self._mask(edges, missing, batch, len(self.groups), device)
 
     def _column_token(self, device: torch.device) -> torch.Tensor:
         """(columns,) the token (group) of each column, made once per device."""

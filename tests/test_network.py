@@ -413,3 +413,42 @@ def test_math_attention_equals_sdpa_under_a_mask():
                                    attention(q, k, v2, hide)[..., :4, :])
     finally:
         network.ATTENTION = before
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_edge_heads_restrict_only_their_heads(per_sample):
+    """With ``edge_heads=k`` an edge mask binds the first k heads: with k = n_heads it blocks
+    information as before, with k = 0 it changes nothing, in between the other heads still
+    carry it; missing tokens stay hidden from every head; the setting persists in config."""
+    tokens, batch = 3, 4
+    x, t, observed = _inputs(batch, tokens)
+    edges = _self_only_row0(tokens)
+    if per_sample:
+        edges = edges.expand(batch, -1, -1)
+    x2 = x.clone()
+    x2[:, 1] += 3.0
+    outs = {}
+    for k in (0, 1, 2):
+        net = _net(tokens, n_heads=2)
+        net.edge_heads = None if k == 2 else k
+        outs[k] = net(x2, t, observed, edges)[:, 0] - net(x, t, observed, edges)[:, 0]
+        if k == 0:
+            torch.testing.assert_close(net(x, t, observed, edges), net(x, t, observed))
+    torch.testing.assert_close(outs[2], torch.zeros_like(outs[2]), rtol=0, atol=1e-6)
+    assert outs[0].abs().min() > 1e-4 and outs[1].abs().min() > 1e-4
+    # a missing token is hidden from the free heads too (every head's mask: only itself
+    # attends to it), and the edge mask binds the first head alone
+    net = _net(tokens, n_heads=2)
+    net.edge_heads = 1
+    missing = torch.zeros(batch, tokens, dtype=torch.bool)
+    missing[:, 1] = True
+    mask = net._mask(edges, missing, batch, tokens, x.device)
+    assert mask.shape == (batch, 2, tokens, tokens)
+    assert not mask[:, :, [0, 2], 1].any() and mask[:, :, 1, 1].all()
+    assert not mask[:, 0, 0, 2].any() and mask[:, 1, 0, 2].all()
+    made = MaskedTransformer(tokens, d_model=16, n_layers=2, n_heads=2, edge_heads=1)
+    assert made.config()["edge_heads"] == 1
+    assert MaskedTransformer(**made.config()).edge_heads == 1
+    assert "edge_heads" not in MaskedTransformer(tokens, 16, 2, 2, edge_heads=2).config()
+    with pytest.raises(ValueError, match="edge_heads"):
+        MaskedTransformer(tokens, 16, 2, 2, edge_heads=3)
