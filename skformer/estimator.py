@@ -959,7 +959,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
                                         self.n_heads, groups=groups, identities=identities,
                                         position_dim=dim,
                                         group_embedding=network_module.GROUP_EMBEDDING,
-                                        edge_heads=network_module.EDGE_HEADS)
+                                        edge_heads=network_module.edge_heads(self.n_heads))
         return SimformerModel(network, dynamics,
                               Standardiser.from_data(torch.as_tensor(X), tied), layout,
                               positions=positions)

@@ -82,9 +82,18 @@ GROUP_EMBEDDING = "readout"
 
 EDGE_HEADS = None
 """How many attention heads of each block an edge mask (a declared DAG) restricts in new
-networks: None for all of them; k < n_heads leaves the other heads attending to every token
-(missing tokens excepted), so a declared structure guides attention without cutting the direct
-routes between variables."""
+networks: None for all of them, an int k, or "half" (``n_heads // 2``); the other heads attend
+to every token (missing tokens excepted), so a declared structure guides attention without
+cutting the direct routes between variables."""
+
+
+def edge_heads(n_heads: int) -> int | None:
+    """:data:`EDGE_HEADS` resolved for a network of ``n_heads`` heads."""
+    if EDGE_HEADS == "half":
+        return n_heads // 2
+    if EDGE_HEADS is None:
+        return None
+    return min(int(EDGE_HEADS), n_heads)
 
 ATTENTION = "auto"
 """How attention is computed: "sdpa" (``F.scaled_dot_product_attention``), "math" (two matrix
