@@ -22,7 +22,7 @@ def m(*rows):
 def test_chain_faithful():
     """0 -> 1 -> 2. Nothing observed: each attends to its parent. z2 observed: its latent
     ancestors 0 and 1 attend to it and to each other."""
-    dag = DAG({1: [0], 2: [1]})
+    dag = DAG({1: [0], 2: [1]}, inversion="faithful")
     np.testing.assert_array_equal(dag.mask([F, F, F], 3), m([T, F, F], [T, T, F], [F, T, T]))
     np.testing.assert_array_equal(dag.mask([F, F, T], 3), m([T, T, T], [T, T, T], [F, T, T]))
     # z1 observed: only 0 is a latent ancestor of it
@@ -32,14 +32,14 @@ def test_chain_faithful():
 def test_faithful_ancestors_count_only_through_latent_paths():
     """0 -> 1 -> 2 -> 3 with 1 and 3 observed: z0 reaches 3 only through the observed z1 (it
     is d-separated from z3), so it attends to z1 but not to z3; z2 attends to z3."""
-    dag = DAG({1: [0], 2: [1], 3: [2]})
+    dag = DAG({1: [0], 2: [1], 3: [2]}, inversion="faithful")
     np.testing.assert_array_equal(dag.mask([F, T, F, T], 4),
                                   m([T, T, F, F], [T, T, F, F], [F, T, T, T], [F, F, T, T]))
 
 
 def test_collider_faithful_couples_the_causes():
     """0 -> 2 <- 1: observing the common effect 2 makes 0 and 1 attend to each other."""
-    dag = DAG({2: [0, 1]})
+    dag = DAG({2: [0, 1]}, inversion="faithful")
     np.testing.assert_array_equal(dag.mask([F, F, F], 3), m([T, F, F], [F, T, F], [T, T, T]))
     np.testing.assert_array_equal(dag.mask([F, F, T], 3), m([T, T, T], [T, T, T], [T, T, T]))
 
@@ -120,7 +120,8 @@ def test_an_estimator_with_a_dag_uses_its_masks_and_keeps_them(tmp_path):
                              n_layers=1, n_heads=2, random_state=0, device="cpu")
     est.fit(chain_data())
     cond = est.condition([F, F, T])
-    np.testing.assert_array_equal(cond.edge_mask, m([T, T, T], [T, T, T], [F, T, T]))
+    assert est.edge_masks.inversion == "moral"  # the default: each variable's Markov blanket
+    np.testing.assert_array_equal(cond.edge_mask, m([T, T, F], [T, T, T], [F, T, T]))
     given = est.condition([F, F, T], edge_mask=np.ones((3, 3), bool))
     assert given.edge_mask.all()  # an explicit edge_mask wins
     save(est, tmp_path / "dag.skf")
