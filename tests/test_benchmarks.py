@@ -601,3 +601,26 @@ def test_validation_cost_measures_each_setting_once_and_compares_two_runs(tmp_pa
     row = validation_cost.compare_table([rec]).splitlines()[2]
     assert row == ("| seed | posterior | 2 | 0.550 | 0.580 | +0.030 | 100 → 80 | "
                    "1.00 → 0.50 | 2.00x |")
+
+
+def test_tasks_declare_their_structure_and_the_harness_fits_with_it():
+    """``Task.STRUCTURE`` gives the variables, the DAG and the exchangeable draws skformer is
+    fitted with under ``--dag`` / ``--exchangeable``: slcp as theta and four iid 2-D draws, the
+    DAG tasks their parents; a task without exchangeable draws refuses ``--exchangeable``."""
+    from skformer.graph import DAG
+
+    from harness.methods import fit_skformer, skformer_layout
+
+    slcp = get_task("slcp").STRUCTURE
+    assert slcp["variables"] == [5, 2, 2, 2, 2] and slcp["exchangeable"] == [[1, 2, 3, 4]]
+    assert slcp["parents"] == {k: [0] for k in (1, 2, 3, 4)}
+    dag = GaussianDAG()
+    assert dag.STRUCTURE["parents"] == dag.PARENTS and dag.STRUCTURE["variables"] is None
+    seed = get_task("seed")
+    assert skformer_layout(seed, "structure") == dict(
+        variables=[3, 3], posterior_latent=[0], posterior_observed=[1])
+    theta, x = seed.simulate(200, 0)
+    est, _ = fit_skformer(seed, theta, x, 0, dag="moral", **QUICK_SKFORMER)
+    assert est.edge_masks == DAG({1: [0]}, inversion="moral") and est.variables == [3, 3]
+    with pytest.raises(ValueError, match="no exchangeable variables"):
+        fit_skformer(seed, theta, x, 0, exchangeable=True, **QUICK_SKFORMER)
