@@ -738,6 +738,8 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         for d in (old, new):  # which variables carry positions, not whether rows shared them
             d["positions"] = {k: v for k, v in d.get("positions", {}).items()
                               if k not in ("shared", "seen")}
+            # a design constant of new networks: the continued model keeps its own
+            d["network"] = {k: v for k, v in d["network"].items() if k != "edge_heads"}
         changed = [part for part in ("layout", "dynamics", "network", "positions")
                    if old[part] != new[part]]
         if changed:
@@ -959,10 +961,17 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
                                         self.n_heads, groups=groups, identities=identities,
                                         position_dim=dim,
                                         group_embedding=network_module.GROUP_EMBEDDING,
-                                        edge_heads=network_module.edge_heads(self.n_heads))
+                                        edge_heads=self._edge_heads())
         return SimformerModel(network, dynamics,
                               Standardiser.from_data(torch.as_tensor(X), tied), layout,
                               positions=positions)
+
+    def _edge_heads(self) -> int | None:
+        """The heads a declared DAG restricts in a new network (``network.EDGE_HEADS``); edge
+        masks given as arrays or callables bind every head, as they always did."""
+        if not isinstance(self.edge_masks, DAG):
+            return None
+        return network_module.edge_heads(self.n_heads)
 
     def _split_rows(self, Z: torch.Tensor, seeds: FitSeeds
                     ) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -134,3 +134,21 @@ def test_a_bad_dag_is_refused_at_fit():
     est = SimformerEstimator(edge_masks=DAG({0: [1], 1: [0]}), max_epochs=1)
     with pytest.raises(ValueError, match="cycle"):
         est.fit(chain_data(50))
+
+
+def test_edge_heads_apply_to_a_declared_dag_only_and_warm_starts_keep_their_own(monkeypatch):
+    """``network.EDGE_HEADS`` restricts heads only where the edge masks come from a DAG: an
+    explicit matrix binds every head, as before. A model fitted under one setting continues
+    (warm start) under another with its own."""
+    import skformer.network as network
+
+    monkeypatch.setattr(network, "EDGE_HEADS", "half")
+    small = dict(max_epochs=1, d_model=16, n_layers=1, n_heads=4, random_state=0, device="cpu")
+    with_dag = SimformerEstimator(edge_masks=DAG({1: [0], 2: [1]}), **small).fit(chain_data(64))
+    assert with_dag.model_.network.edge_heads == 2
+    matrix = np.ones((3, 3), dtype=bool)
+    with_matrix = SimformerEstimator(edge_masks=matrix, **small).fit(chain_data(64))
+    assert with_matrix.model_.network.edge_heads is None
+    monkeypatch.setattr(network, "EDGE_HEADS", None)
+    with_dag.set_params(warm_start=True).fit(chain_data(64))
+    assert with_dag.model_.network.edge_heads == 2 and len(with_dag.loss_curve_) == 2
