@@ -30,6 +30,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
 
 PARENTS = {2: [0, 1], 3: [2]}
 WEIGHTS = np.array([[0, 0, 0, 0], [0, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0.0]])
@@ -78,7 +79,10 @@ def run_one(setting: str, epochs: int, seed: int) -> list[dict]:
     from skformer import SimformerEstimator
     from skformer.graph import DAG
 
+    from seed_task import machine
+
     inversion, heads = SETTINGS[setting]
+    torch.set_num_threads(1)  # as the fit (n_threads=1), so that machine() says so
     mu, cov = joint()
     X = np.random.default_rng(seed).multivariate_normal(mu, cov, size=2000)
     before = network.EDGE_HEADS
@@ -102,22 +106,8 @@ def run_one(setting: str, epochs: int, seed: int) -> list[dict]:
         rows.append({"setting": setting, "epochs": epochs, "seed": seed, "conditional": name,
                      **score(samples, mean, c),
                      "validation_loss": float(min(est.validation_scores_)),
-                     "train_s": round(train_s, 2), "machine": _machine(torch)})
+                     "train_s": round(train_s, 2), "machine": machine()})
     return rows
-
-
-def _machine(torch) -> str:
-    import platform
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, 1 thread, torch {torch.__version__}"
 
 
 def done(out: Path) -> set:
