@@ -12,8 +12,10 @@ samples), 10,000 simulations in all:
 - ``skformer_rounds_bounded`` and ``skformer_single_bounded``: the same with the estimator's
   ``bounds`` set to the prior's box (``skformer.simulation.prior_box`` of the task's torch
   prior), so that every posterior is truncated to the prior's support as sbi's NPE / TSNPE
-  posteriors are (the single-round model is the same fit, sampled with bounds); the plain
-  methods pass the prior as a callable, which states no support;
+  posteriors are (``support="truncate"``; the single-round model is the same fit, sampled
+  with bounds); the plain methods pass the prior as a callable, which states no support;
+- ``skformer_rounds_box``: the rounds with the prior's box learnt by the model
+  (``support="transform"``: theta in the logit of the box);
 - ``skformer_single_1e5`` and ``skformer_single_1e5_bounded``: one fit on 100,000 prior
   simulations (ten times the budget: the issue's bar for two_moons), plain and bounded;
 - ``skformer_single_bounded_steps50`` and ``skformer_single_1e5_bounded_steps50``: those
@@ -60,7 +62,8 @@ METHODS = ("skformer_rounds", "skformer_rounds_never", "skformer_rounds_lr_fifth
            "skformer_single", "skformer_rounds_bounded", "skformer_single_bounded",
            "skformer_single_1e5", "skformer_single_1e5_bounded", "skformer_rounds_bounded_e800",
            "skformer_single_e800_bounded", "skformer_single_bounded_steps50",
-           "skformer_rounds_bounded_e800_steps50", "skformer_single_1e5_bounded_steps50", "tsnpe")
+           "skformer_rounds_bounded_e800_steps50", "skformer_single_1e5_bounded_steps50",
+           "skformer_rounds_box", "tsnpe")
 BUDGET, ROUNDS, SAMPLES = 10_000, 5, 10_000
 
 
@@ -113,8 +116,17 @@ def skformer_rounds_lr_fifth(task, k):
 
 
 def skformer_rounds_bounded(task, k):
-    """The rounds at their defaults with the prior's box as the estimator's bounds."""
-    return skformer_rounds(task, k, bounded=True, method="skformer_rounds_bounded")
+    """The rounds at their defaults with the prior's box as the estimator's bounds, kept by
+    truncation (``support="truncate"``, the only way before the box was learnt)."""
+    return skformer_rounds(task, k, bounded=True, method="skformer_rounds_bounded",
+                           estimator={"support": "truncate"})
+
+
+def skformer_rounds_box(task, k):
+    """The rounds with the prior's box as bounds, learnt in the logit of the box
+    (``support="transform"``)."""
+    return skformer_rounds(task, k, bounded=True, method="skformer_rounds_box",
+                           estimator={"support": "transform"})
 
 
 def skformer_rounds_bounded_e800(task, k):

@@ -172,7 +172,12 @@ class Conditional:
         self._edges = None if edge_mask is None else torch.as_tensor(edge_mask, device=device)
         self._returned = torch.as_tensor(self.latent_columns, device=device)
         self.bounds = bounds
-        self._bounds = resolve_bounds(bounds, model.layout, self.observed_columns)
+        # bounds that the model's own box already keeps (it models those columns in the
+        # logit of their box) need no rejection
+        box = model.standardiser.box()
+        self._bounds = {c: (low, high) for c, (low, high)
+                        in resolve_bounds(bounds, model.layout, self.observed_columns).items()
+                        if not (c in box and low <= box[c][0] and box[c][1] <= high)}
 
     def __repr__(self) -> str:
         return (
@@ -213,7 +218,21 @@ class Conditional:
         if torch.isinf(obs).any():
             raise ValueError("observed holds infinite values; NaN marks a value not observed.")
         self._check_range(obs.nan_to_num(0.0), self.observed_columns, "observed")
+        self._check_box(obs)
         return obs, batched
+
+    def _check_box(self, obs: torch.Tensor) -> None:
+        """Refuse observed values outside the box that the model learnt their column in."""
+        st = self._model.standardiser
+        cols = torch.as_tensor(self.observed_columns, device=self._model.device)
+        out = ~st.inside(obs, cols) & ~torch.isnan(obs) & st._box(cols)[2]
+        if bool(out.any()):
+            j = int(out.nonzero()[0, 1])
+            c = int(self.observed_columns[j])
+            raise ValueError(
+                f"observed holds values outside the box of column {self.observed_names[j]!r}, "
+                f"{st.box()[c]}: the model was fitted with that support (bounds) and knows "
+                "nothing outside it.")
 
     def _joint_rows(self, observed: torch.Tensor, latent: torch.Tensor | None = None,
                     density: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -424,14 +443,16 @@ class Conditional:
         obs, batched = self._observed(observed)
         self._check_rows(n_samples, obs.shape[0], "n_samples")
         m = self._model
+        st = m.standardiser
+        centre, slope = st.affine()
+        warp = st.to_affine if st.bounded else None
         guide = None if constraints is None else parse_constraints(
-            constraints, m.layout.column_names, self.observed_columns, m.standardiser.mean,
-            m.standardiser.scale)
+            constraints, m.layout.column_names, self.observed_columns, centre, slope, warp)
         gen = make_generator(seed_from(random_state), m.device)
         rows, states = self._joint_rows(obs)
         x = m.sample(states, rows, n_samples, edges=self._edges, steps=steps,
                      solver=solver, generator=gen, guide=guide,
-                     support=self._support(m.standardiser.mean, m.standardiser.scale))
+                     support=self._support(centre, slope, warp))
         out = self._clip(to_numpy(x[..., self._returned]))  # float32 rounding at the edges
         return out if batched else out[0]
 
@@ -575,16 +596,22 @@ class Conditional:
                                   solver=solver, probes=probes))
         if self._bounds:
             out[~self._inside(to_numpy(v))] = -np.inf
+        st = m.standardiser
+        if st.bounded:  # outside the model's own box (values there are read on its edge)
+            cols = torch.as_tensor(self.latent_columns, device=m.device)
+            kept = (st.inside(v, cols) | ~st._box(cols)[2]).all(1)
+            out[~kept.cpu().numpy()] = -np.inf
         return out
 
     # ------------------------------------------------------------------ bounds
-    def _support(self, mean: torch.Tensor, scale: torch.Tensor):
-        """The bounds of the non-observed columns as a region in the units that ``mean`` and
-        ``scale`` standardise (None without bounds)."""
+    def _support(self, mean: torch.Tensor, scale: torch.Tensor, warp=None):
+        """The bounds of the non-observed columns (those the model's box does not keep
+        already) as a region in the units that ``mean`` and ``scale`` standardise, after
+        ``warp`` (None without such bounds)."""
         if not self._bounds:
             return None
         return parse_constraints(self._bounds, self._model.layout.column_names,
-                                 self.observed_columns, mean, scale)
+                                 self.observed_columns, mean, scale, warp)
 
     def _inside(self, values: np.ndarray) -> np.ndarray:
         """Boolean (n,): the rows of latent ``values`` (data units) inside the bounds."""

@@ -126,12 +126,21 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         Known support of columns, ``{column: (low, high)}`` in data units, with a column index,
         a column name, or a variable name for all its columns (``-np.inf`` / ``np.inf`` for
         one side); typically a uniform prior's box, ``{"theta": (-1, 1)}``. Every conditional
-        is then the model's truncated to the bounds of its non-observed columns, as sbi's
-        posteriors are truncated to the prior's support: samples outside are redrawn,
-        ``log_prob`` and ``score_samples`` are ``-inf`` there, and ``map`` stays inside. Read
-        when a conditional is made, so ``set_params(bounds=...)`` applies to a fitted model
-        without a refit. Inside the bounds a log density stays the model's: it is not
-        renormalised for the mass the model puts outside them.
+        stays inside the bounds of its non-observed columns, ``log_prob`` and
+        ``score_samples`` are ``-inf`` outside, and ``map`` stays inside. How, ``support``
+        says.
+    support : {"transform", "truncate"}, default="transform"
+        How ``bounds`` are kept. "transform": a column bounded on both sides is learnt in the
+        logit of its position in the box (fixed at fit: X must lie inside), so samples land
+        inside without rejection, mass piles against an edge as the data do, and a log
+        density is a proper density in data units (the transform's Jacobian included); one
+        sided bounds, and bounds set after the fit (``set_params``, narrower than the fit's),
+        truncate as with "truncate". "truncate": the model is learnt in data units and each
+        conditional is the model's truncated to the bounds, as sbi's posteriors are truncated
+        to the prior's support: samples outside are redrawn, and inside a log density is not
+        renormalised for the mass the model puts outside. Bounds are then read when a
+        conditional is made, so ``set_params(bounds=...)`` applies without a refit. What
+        each gains: docs/concepts.md.
     tokens : {"column", "variable", "auto"} or int, default="column"
         How columns are grouped for the Transformer's middle blocks: one token per scalar
         column (the Simformer paper's choice), one per variable, each variable cut into tokens
@@ -230,7 +239,11 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
     dynamics_ : Dynamics
         The generative dynamics of ``method`` and ``sde``.
     mean_, scale_ : ndarray of shape (n_columns,)
-        Per-column standardisation learned in fit.
+        Per-column standardisation learned in fit (of the logits, for the columns in
+        ``support_``).
+    support_ : dict
+        ``{column name: (low, high)}``: the columns learnt in the logit of their box
+        (``support="transform"``); empty otherwise.
     device_ : torch.device
         Where the model lives.
     precision_ : {"float32", "bfloat16"}
@@ -290,6 +303,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         "posterior_observed": [None, "array-like",
                                Interval(Integral, None, None, closed="neither")],
         "bounds": [None, dict],
+        "support": [StrOptions({"transform", "truncate"})],
         "tokens": [StrOptions({"column", "variable", "auto"}),
                    Interval(Integral, 1, None, closed="left")],
         # the loaders' limits (MAX_ARCHITECTURE): whatever fit accepts, load restores
@@ -330,6 +344,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         posterior_latent=None,
         posterior_observed=None,
         bounds=None,
+        support="transform",
         tokens="column",
         d_model=64,
         n_layers=4,
@@ -363,6 +378,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         self.posterior_latent = posterior_latent
         self.posterior_observed = posterior_observed
         self.bounds = bounds
+        self.support = support
         self.tokens = tokens
         self.d_model = d_model
         self.n_layers = n_layers
@@ -396,6 +412,11 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
     @property
     def dynamics_(self) -> Dynamics:
         return self._model().dynamics
+
+    @property
+    def support_(self) -> dict[str, tuple[float, float]]:
+        model = self._model()
+        return {model.layout.column_names[c]: b for c, b in model.standardiser.box().items()}
 
     @property
     def mean_(self) -> np.ndarray:
@@ -740,8 +761,8 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
                               if k not in ("shared", "seen")}
             # a design constant of new networks: the continued model keeps its own
             d["network"] = {k: v for k, v in d["network"].items() if k != "edge_heads"}
-        changed = [part for part in ("layout", "dynamics", "network", "positions")
-                   if old[part] != new[part]]
+        changed = [part for part in ("layout", "dynamics", "network", "positions", "support")
+                   if old.get(part) != new.get(part)]
         if changed:
             raise ValueError(
                 f"warm_start=True (and partial_fit) continue the fitted model, but the "
@@ -962,9 +983,33 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
                                         position_dim=dim,
                                         group_embedding=network_module.GROUP_EMBEDDING,
                                         edge_heads=self._edge_heads())
+        low, high = self._fit_box(X, layout)
         return SimformerModel(network, dynamics,
-                              Standardiser.from_data(torch.as_tensor(X), tied), layout,
-                              positions=positions)
+                              Standardiser.from_data(torch.as_tensor(X), tied, low, high),
+                              layout, positions=positions)
+
+    def _fit_box(self, X: np.ndarray, layout: Layout
+                 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The box (low, high per column, infinite where none) that a new model learns its
+        columns in (``support="transform"``: the columns that ``bounds`` bound on both sides);
+        ValueError when X has values outside it."""
+        box = {c: b for c, b in resolve_bounds(self.bounds, layout).items()
+               if np.isfinite(b).all()}
+        if self.support != "transform" or not box:
+            return None, None
+        low = torch.full((layout.n_columns,), -np.inf, dtype=torch.float64)
+        high = torch.full((layout.n_columns,), np.inf, dtype=torch.float64)
+        for c, (lo, hi) in box.items():
+            outside = (X[:, c] < lo) | (X[:, c] > hi)
+            if outside.any():
+                raise ValueError(
+                    f"X has {int(outside.sum())} value(s) of column "
+                    f"{layout.column_names[c]!r} outside its bounds ({lo:g}, {hi:g}), e.g. "
+                    f"{X[np.flatnonzero(outside)[0], c]!r}; with support='transform' the model "
+                    "learns that column inside its box only. Correct the bounds, or use "
+                    "support='truncate' (bounds then only truncate the model's conditionals).")
+            low[c], high[c] = lo, hi
+        return low, high
 
     def _edge_heads(self) -> int | None:
         """The heads a declared DAG restricts in a new network (``network.EDGE_HEADS``); edge
@@ -1415,9 +1460,10 @@ def _check_step_memory(model: SimformerModel, rows: int, device: torch.device) -
 def _check_new_rows(model: SimformerModel, X: np.ndarray) -> None:
     """Rows that continue a fitted model (warm start, partial_fit) are read in its units: refuse
     values the network's float32 arithmetic cannot take there, as inference does."""
-    mean, scale = (to_numpy(t) for t in (model.standardiser.mean, model.standardiser.scale))
+    st = model.standardiser
     with np.errstate(over="ignore"):
-        z = np.abs((X - mean) / scale)
+        z = np.abs((to_numpy(st.unbound(torch.as_tensor(X, device=st.mean.device)))
+                    - to_numpy(st.mean)) / to_numpy(st.scale))
     far = ~(np.nan_to_num(z, nan=0.0) <= MAX_STANDARD_UNITS)
     if far.any():
         column = model.layout.column_names[int(np.flatnonzero(far.any(0))[0])]

@@ -23,15 +23,24 @@ __all__ = ["LinearConstraints", "intersect", "parse_constraints", "sample_each_s
 
 @dataclass(frozen=True)
 class LinearConstraints:
-    """``low <= x @ A.T <= high`` row-wise, in standardised units over all columns."""
+    """``low <= warp(x) @ A.T <= high`` row-wise, over all columns of standardised ``x``.
+
+    ``warp`` (None: the identity) maps standardised values to the units the constraints are
+    linear in, when the standardisation is not affine (columns modelled in the logit of their
+    box); it must be differentiable and keep ``x``'s dtype.
+    """
 
     A: torch.Tensor  # (n_constraints, n_columns)
     low: torch.Tensor  # (n_constraints,)
     high: torch.Tensor  # (n_constraints,)
+    warp: Callable | None = None
+
+    def _linear(self, x: torch.Tensor) -> torch.Tensor:
+        return (x if self.warp is None else self.warp(x)) @ self.A.T.to(x.dtype)
 
     def satisfied(self, x: torch.Tensor) -> torch.Tensor:
         """Boolean (n,) of the rows of ``x`` inside every constraint."""
-        y = x @ self.A.T.to(x.dtype)
+        y = self._linear(x)
         return ((y >= self.low.to(x.dtype)) & (y <= self.high.to(x.dtype))).all(dim=1)
 
     def guide(self, denoise: Callable, observed: torch.Tensor) -> Callable:
@@ -46,7 +55,7 @@ class LinearConstraints:
             with torch.enable_grad():
                 xg = x.detach().requires_grad_(True)
                 d = denoise(xg, sigma)
-                y = d @ self.A.T
+                y = self._linear(d)
                 width = self.A.norm(dim=1) * (sigma + 0.01)
                 inside = F.logsigmoid((y - self.low) / width) + F.logsigmoid(
                     (self.high - y) / width)
@@ -61,14 +70,17 @@ def intersect(*regions: LinearConstraints | None) -> LinearConstraints | None:
     given = [r for r in regions if r is not None]
     if len(given) <= 1:
         return given[0] if given else None
+    if any(r.warp != given[0].warp for r in given):
+        raise ValueError("regions with different warps cannot be intersected.")
     return LinearConstraints(torch.cat([r.A for r in given]), torch.cat([r.low for r in given]),
-                             torch.cat([r.high for r in given]))
+                             torch.cat([r.high for r in given]), given[0].warp)
 
 
 def parse_constraints(constraints, column_names, observed_columns, mean: torch.Tensor,
-                      scale: torch.Tensor) -> LinearConstraints:
+                      scale: torch.Tensor, warp: Callable | None = None) -> LinearConstraints:
     """``{column: (low, high)}`` and / or ``[(weights, low, high), ...]`` in data units ->
-    :class:`LinearConstraints` in standardised units (``x_data = x * scale + mean``).
+    :class:`LinearConstraints` in standardised units (``x_data = x * scale + mean``, after
+    ``warp`` where one is given; see :class:`LinearConstraints`).
 
     Columns are indexes of the joint vector or names from ``column_names``; constraints may
     involve latent columns only (those not in ``observed_columns``). ``mean`` and ``scale``
@@ -126,7 +138,7 @@ def parse_constraints(constraints, column_names, observed_columns, mean: torch.T
     offset = A @ mean
     low = torch.tensor(lows, dtype=torch.float64, device=mean.device) - offset
     high = torch.tensor(highs, dtype=torch.float64, device=mean.device) - offset
-    return LinearConstraints((A * scale).float(), low.float(), high.float())
+    return LinearConstraints((A * scale).float(), low.float(), high.float(), warp)
 
 
 def _column_index(key, column_names) -> int:

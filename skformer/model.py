@@ -51,38 +51,90 @@ CPU_CHUNK_ROWS = 512
 ``SimformerModel.rows_per_chunk``)."""
 
 
+EDGE = 1e-7
+"""How close to an edge of its box a bounded value is read (as a fraction of the box): values on
+the edge (or rounded onto it) map to the logit of this fraction instead of an infinity."""
+
+
 class Standardiser(nn.Module):
-    """The per-column affine map to standard units, ``z = (x - mean) / scale``.
+    """The per-column map to standard units: ``z = (x - mean) / scale``, or, for a column with a
+    modelled box ``(low, high)``, ``z = (logit((x - low) / (high - low)) - mean) / scale``.
 
     Buffers are float64 so that data far from zero (a mean of 1e6 with a spread of 1e-3)
-    keep their resolution; the standardised values are the network's dtype.
+    keep their resolution; the standardised values are the network's dtype. A boxed column
+    is modelled in the unbounded space of its logit (its known support): whatever the network
+    says, :meth:`inverse` lands inside the box, and :meth:`log_abs_det_at` gives the
+    Jacobian that keeps a density proper in data units. ``mean`` and ``scale`` of a boxed
+    column are those of its logits.
 
     Parameters
     ----------
     mean, scale : tensor of shape (n_columns,)
         ``scale`` positive.
+    low, high : tensor of shape (n_columns,), optional
+        The box of each column, ``-inf`` / ``inf`` (the default) for a column without one. A
+        column is boxed when both are finite; one-sided bounds are not modelled here.
+
+    Examples
+    --------
+    >>> st = Standardiser(torch.zeros(2), torch.ones(2), low=torch.tensor([0.0, -math.inf]),
+    ...                   high=torch.tensor([1.0, math.inf]))
+    >>> st.inverse(st(torch.tensor([[0.25, 3.0]]))).round(decimals=4).tolist()
+    [[0.25, 3.0]]
+    >>> far = st.inverse(torch.tensor([[-50.0, 0.0], [50.0, 0.0]]))  # any value: in the box
+    >>> bool(((far[:, 0] >= 0) & (far[:, 0] <= 1)).all())
+    True
     """
 
-    def __init__(self, mean: torch.Tensor, scale: torch.Tensor):
+    def __init__(self, mean: torch.Tensor, scale: torch.Tensor,
+                 low: torch.Tensor | None = None, high: torch.Tensor | None = None):
         super().__init__()
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float64).clone())
         self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float64).clone())
+        n = self.mean.shape
+        low = torch.full(n, -math.inf) if low is None else low
+        high = torch.full(n, math.inf) if high is None else high
+        # the box travels in the model's description, not its weights: files keep their tensors
+        self.register_buffer("low", torch.as_tensor(low, dtype=torch.float64).clone()
+                             .to(self.mean.device), persistent=False)
+        self.register_buffer("high", torch.as_tensor(high, dtype=torch.float64).clone()
+                             .to(self.mean.device), persistent=False)
+        boxed = torch.isfinite(self.low) & torch.isfinite(self.high)
+        if self.mean.device.type != "meta" and not bool((self.high[boxed] > self.low[boxed])
+                                                        .all()):
+            raise ValueError("a box needs low < high in every column.")
 
     @classmethod
-    def from_data(cls, X: torch.Tensor, tied: list[list[int]] | None = None) -> Standardiser:
+    def from_data(cls, X: torch.Tensor, tied: list[list[int]] | None = None,
+                  low: torch.Tensor | None = None, high: torch.Tensor | None = None
+                  ) -> Standardiser:
         """Column means and standard deviations of ``X`` (n_rows, n_columns), missing entries
         (NaN) left out; a column that is constant (its spread within 1e-12 of its mean's
         magnitude) keeps scale 1. The columns of each group in ``tied`` (the readings of one
-        function) share one mean and scale, those of all their entries.
+        function) share one mean and scale, those of all their entries. With a box (``low``,
+        ``high``), a boxed column's mean and scale are those of its logits, and ``X`` must lie
+        inside the box.
 
         Each column is divided by its largest magnitude first, so that squares cannot overflow:
         any finite float64 data (1e300 included) gives a finite mean and scale.
         """
         X = X.to(torch.float64)
+        boxed = cls(torch.zeros(X.shape[1]), torch.ones(X.shape[1]), low, high)
+        if boxed.bounded:
+            outside = ~boxed.inside(X) & ~torch.isnan(X)
+            if bool(outside.any()):
+                bad = outside.any(0).nonzero().flatten().tolist()
+                raise ValueError(f"columns {bad} hold values outside their box.")
+            out = cls._moments(boxed.unbound(X), tied)
+            return cls(out.mean, out.scale, boxed.low, boxed.high)
+        return cls._moments(X, tied)
+
+    @classmethod
+    def _moments(cls, X: torch.Tensor, tied: list[list[int]] | None) -> Standardiser:
         if tied:
-            out = cls.from_data(X)
+            out = cls._moments(X, None)
             for cols in tied:
-                pooled = cls.from_data(X[:, list(cols)].reshape(-1, 1))
+                pooled = cls._moments(X[:, list(cols)].reshape(-1, 1), None)
                 out.mean[list(cols)] = pooled.mean
                 out.scale[list(cols)] = pooled.scale
             return out
@@ -110,20 +162,100 @@ class Standardiser(nn.Module):
             return self.mean, self.scale
         return self.mean[columns], self.scale[columns]
 
+    def _box(self, columns):
+        """(low, high, boxed) of ``columns``, ``boxed`` True where both bounds are finite."""
+        low, high = (self.low, self.high) if columns is None else (self.low[columns],
+                                                                   self.high[columns])
+        return low, high, torch.isfinite(low) & torch.isfinite(high)
+
+    @property
+    def bounded(self) -> bool:
+        """Whether any column is modelled in the logit of its box."""
+        return bool((torch.isfinite(self.low) & torch.isfinite(self.high)).any())
+
+    def inside(self, x: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
+        """Boolean, like ``x`` (data units): the entries inside their box (NaN: False)."""
+        low, high, _ = self._box(columns)
+        x = x.to(torch.float64)
+        return (x >= low) & (x <= high)
+
+    def _position(self, x: torch.Tensor, columns) -> tuple[torch.Tensor, torch.Tensor]:
+        """(position in the box, clipped to [EDGE, 1 - EDGE], boxed) of data units ``x``."""
+        low, high, boxed = self._box(columns)
+        width = torch.where(boxed, high - low, 1.0)
+        u = (x.to(torch.float64) - torch.where(boxed, low, 0.0)) / width
+        return u.clamp(EDGE, 1 - EDGE), boxed
+
+    def unbound(self, x: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
+        """Data units -> the unbounded units that ``mean`` and ``scale`` standardise (float64):
+        the logit of the position in the box for boxed columns, the value itself otherwise."""
+        x = x.to(torch.float64)
+        if not self.bounded:
+            return x
+        u, boxed = self._position(x, columns)
+        return torch.where(boxed, torch.log(u) - torch.log1p(-u), x)
+
+    def bound(self, y: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`unbound`'s inverse (float64): boxed columns land inside their box."""
+        y = y.to(torch.float64)
+        if not self.bounded:
+            return y
+        low, high, boxed = self._box(columns)
+        inner = torch.where(boxed, low, 0.0) + torch.where(boxed, high - low, 1.0) * \
+            torch.sigmoid(y)
+        return torch.where(boxed, torch.minimum(torch.maximum(inner, low), high), y)
+
     def forward(self, x: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
         """Data units -> standard units (the network's dtype); ``columns`` selects the columns
         that the last axis of ``x`` holds (default: all, in order)."""
         mean, scale = self._pick(columns)
-        return ((x.to(torch.float64) - mean) / scale).to(DTYPE)
+        return ((self.unbound(x, columns) - mean) / scale).to(DTYPE)
 
     def inverse(self, z: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
         """Standard units -> data units (float64)."""
         mean, scale = self._pick(columns)
-        return z.to(torch.float64) * scale + mean
+        return self.bound(z.to(torch.float64) * scale + mean, columns)
 
     def log_abs_det(self, columns: torch.Tensor | None = None) -> torch.Tensor:
-        """``log |dz/dx|`` of :meth:`forward` over ``columns``: ``-sum(log scale)``."""
+        """``log |dz/dx|`` of the affine part of :meth:`forward` over ``columns``:
+        ``-sum(log scale)`` (the whole of it without a box; see :meth:`log_abs_det_at`)."""
         return -torch.log(self._pick(columns)[1]).sum()
+
+    def log_abs_det_at(self, x: torch.Tensor, columns: torch.Tensor | None = None
+                       ) -> torch.Tensor:
+        """``log |dz/dx|`` of :meth:`forward` per entry of ``x`` (data units, float64): ``-log
+        scale``, and for a boxed column also ``-log(high - low) - log(u) - log(1 - u)`` at its
+        position ``u`` in the box."""
+        out = -torch.log(self._pick(columns)[1]).expand(x.shape)
+        if not self.bounded:
+            return out
+        low, high, boxed = self._box(columns)
+        u, _ = self._position(x, columns)
+        logit = -torch.log(torch.where(boxed, high - low, 1.0)) - torch.log(u) - torch.log1p(-u)
+        return out + torch.where(boxed, logit, 0.0)
+
+    def affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(centre, scale) in data units of a local affine picture of :meth:`inverse` at
+        ``z = 0``: the map itself without a box. Constraints written in data units are read in
+        these units and warped by :meth:`to_affine` (:mod:`skformer.guidance`)."""
+        if not self.bounded:
+            return self.mean, self.scale
+        _, _, boxed = self._box(None)
+        s = torch.sigmoid(self.mean)
+        slope = torch.where(boxed, (self.high - self.low) * s * (1 - s) * self.scale, self.scale)
+        return self.bound(self.mean), slope
+
+    def to_affine(self, z: torch.Tensor) -> torch.Tensor:
+        """Standard units over all columns -> the units of :meth:`affine` (differentiable, in
+        ``z``'s dtype): ``z`` itself for unboxed columns."""
+        centre, slope = self.affine()
+        return ((self.inverse(z) - centre) / slope).to(z.dtype)
+
+    def box(self) -> dict[int, tuple[float, float]]:
+        """``{column: (low, high)}`` of the boxed columns."""
+        _, _, boxed = self._box(None)
+        return {int(c): (float(self.low[c]), float(self.high[c]))
+                for c in boxed.nonzero().flatten().tolist()}
 
 
 class SimformerModel(nn.Module):
@@ -234,7 +366,9 @@ class SimformerModel(nn.Module):
         network = PositionedNetwork(self.network, torch.cat(pos), ids[src])
         view = SimformerModel(network, self.dynamics,
                               Standardiser(self.standardiser.mean[src],
-                                           self.standardiser.scale[src]),
+                                           self.standardiser.scale[src],
+                                           self.standardiser.low[src],
+                                           self.standardiser.high[src]),
                               view_layout, self.marginal_fraction)
         positional = torch.as_tensor(
             [v in table.variables for v in view_layout.column_variable], device=device)
@@ -478,6 +612,12 @@ class SimformerModel(nn.Module):
         z = self._standard(states, values)
         prior_states = torch.where(latent_row, LATENT, MISSING).to(torch.uint8)[None]
         known = None
+        if prior is not None and bool(self.standardiser._box(lat)[2].any()):
+            raise ValueError(
+                "prior= gives the latent columns' prior in data units, but this model draws "
+                f"columns {self.standardiser._box(lat)[2].nonzero().flatten().tolist()} of "
+                "them in the logit of their box: leave prior=None (the model's own prior), "
+                "or refit with support='truncate'.")
         if prior is not None:
             known, p0 = prior_denoiser(prior, self.standardiser.mean[lat],
                                        self.standardiser.scale[lat])
@@ -579,7 +719,7 @@ class SimformerModel(nn.Module):
                 x_T, integral = log_density(denoise_div, z[i : i + chunk], grid, solver)
             prior = self.dynamics.prior_log_prob(x_T[..., None])  # per entry
             out.append(torch.where(L, prior, 0.0).sum(-1) + integral)
-        log_det = torch.where(latent_rows, -torch.log(self.standardiser.scale), 0.0).sum(-1)
+        log_det = torch.where(latent_rows, self.standardiser.log_abs_det_at(values), 0.0).sum(-1)
         return torch.cat(out).double() + log_det
 
     # ------------------------------------------------------------------ mode
@@ -609,9 +749,21 @@ class SimformerModel(nn.Module):
                 d = denoise(x, torch.tensor(float(sigma), device=self.device))
                 score = (d[:, latent] - z) / sigma**2
             opt.zero_grad()
-            z.grad = -score
+            z.grad = -(score + self._jacobian_score(z, latent))
             opt.step()
         return self.standardiser.inverse(z.detach(), latent)
+
+    def _jacobian_score(self, z: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+        """The gradient in standard units of ``log |dz/dx|`` at ``z``: what turns the mode
+        of the standardised density into the mode in data units (0 without a box)."""
+        st = self.standardiser
+        if not bool(st._box(latent)[2].any()):
+            return torch.zeros_like(z)
+        with torch.enable_grad():
+            zz = z.detach().requires_grad_(True)
+            log_det = st.log_abs_det_at(st.inverse(zz, latent), latent).sum()
+            (g,) = torch.autograd.grad(log_det, zz)
+        return g.to(z.dtype)
 
     # ------------------------------------------------------------------ description
     def describe(self) -> dict[str, Any]:
@@ -626,6 +778,9 @@ class SimformerModel(nn.Module):
             out["training"]["precision"] = self.precision
         if self.positions is not None:
             out["positions"] = self.positions.describe()
+        if self.standardiser.bounded:  # files without a box read as before
+            out["support"] = [[c, low, high] for c, (low, high)
+                              in self.standardiser.box().items()]
         return out
 
     @classmethod
@@ -724,7 +879,28 @@ class SimformerModel(nn.Module):
         if precision not in PRECISIONS:
             raise ValueError(f"training precision must be one of {PRECISIONS}; got "
                              f"{precision!r}.")
+        low, high = _read_support(description.get("support", []), T)
         # the checked tensors become the weights: no second initialisation, no RNG use
         skeleton.load_state_dict(state_dict, assign=True)
+        skeleton.standardiser.low, skeleton.standardiser.high = low, high
         skeleton.precision = precision
         return skeleton.to(device).requires_grad_(False).eval()
+
+
+def _read_support(support: Any, n_columns: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A description's ``support``, ``[[column, low, high], ...]`` -> (low, high) per column
+    (infinite where there is no box); ValueError for anything else."""
+    low = torch.full((n_columns,), -math.inf, dtype=torch.float64)
+    high = torch.full((n_columns,), math.inf, dtype=torch.float64)
+    if not isinstance(support, list):
+        raise ValueError(f"support must be a list of [column, low, high]; got {support!r}.")
+    for entry in support:
+        ok = (isinstance(entry, list) and len(entry) == 3 and type(entry[0]) is int
+              and 0 <= entry[0] < n_columns
+              and all(type(v) in (int, float) and math.isfinite(v) for v in entry[1:])
+              and entry[1] < entry[2] and math.isinf(low[entry[0]]))
+        if not ok:
+            raise ValueError(f"support entries must be [column, low, high] with low < high, "
+                             f"finite, one per column; got {entry!r}.")
+        low[entry[0]], high[entry[0]] = float(entry[1]), float(entry[2])
+    return low, high

@@ -149,13 +149,14 @@ def test_prior_box_says_none_when_the_prior_states_no_bound(prior):
     assert prior_box(prior, 2) is None
 
 
-def _rounds(prior, bounds=None):
+def _rounds(prior, bounds=None, support="transform"):
     from skformer.sequential import rounds
 
     def simulator(theta, rng):
         return theta + 0.1 * rng.standard_normal(theta.shape)
 
-    est = SimformerEstimator(max_epochs=2, random_state=0, bounds=bounds, **TINY)
+    est = SimformerEstimator(max_epochs=2, random_state=0, bounds=bounds, support=support,
+                             **TINY)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return rounds(est, simulator, prior, observed=[0.95, 0.0], n_rounds=2,
@@ -170,8 +171,13 @@ def test_rounds_bound_theta_by_a_box_prior():
     assert result.estimator.bounds == {0: (-1.0, 1.0), 1: (-1.0, 1.0)}
     s = result.posterior().sample(200, observed=[0.95, 0.0], random_state=0)
     assert (np.abs(s) <= 1).all()
-    # the user's own bounds win; a callable prior states none
-    assert _rounds(box, bounds={0: (-0.5, 0.5)}).estimator.bounds == {0: (-0.5, 0.5)}
+    assert result.estimator.support_ == {"theta[0]": (-1.0, 1.0), "theta[1]": (-1.0, 1.0)}
+    # the user's own bounds win; narrower than the prior's draws, they cannot be learnt in
+    # ("transform") but can truncate; a callable prior states none
+    with pytest.raises(ValueError, match="outside its bounds"):
+        _rounds(box, bounds={0: (-0.5, 0.5)})
+    narrow = _rounds(box, bounds={0: (-0.5, 0.5)}, support="truncate")
+    assert narrow.estimator.bounds == {0: (-0.5, 0.5)} and narrow.estimator.support_ == {}
     assert _rounds(lambda n, rng: rng.uniform(-1, 1, (n, 2))).estimator.bounds is None
 
 

@@ -178,3 +178,59 @@ def test_missing_entries_give_the_exact_marginal_conditional(dynamics, device):
     logp = model.log_prob(states.expand(40, -1), points, steps=30).cpu().numpy()
     exact = multivariate_normal(mean[0], cov[0, 0]).logpdf(x[:40, 0])
     np.testing.assert_allclose(logp, exact, atol=0.05)
+
+
+# ---------------------------------------------------------------------------------- a known box
+BOXED_MEAN, BOXED_SCALE = np.array([-0.7, 2.0]), np.array([0.8, 0.5])  # of (logit u0, x1)
+BOXED_CORR = np.array([[1.0, 0.6], [0.6, 1.0]])
+LOW, HIGH = np.array([2.0, -np.inf]), np.array([4.0, np.inf])  # column 0 in the box (2, 4)
+
+
+def boxed_oracle(device) -> SimformerModel:
+    """A model exact for a logit-normal column 0 in the box (2, 4) beside a normal column 1:
+    (logit((x0 - 2) / 2), x1) is Gaussian."""
+    dynamics = ScoreDynamics()
+    st = Standardiser(torch.as_tensor(BOXED_MEAN), torch.as_tensor(BOXED_SCALE),
+                      torch.as_tensor(LOW), torch.as_tensor(HIGH))
+    net = OracleNetwork(dynamics, np.zeros(2), BOXED_CORR)
+    return SimformerModel(net, dynamics, st, Layout.from_spec(2)).to(device)
+
+
+def boxed_exact(x0: np.ndarray, x1: float) -> np.ndarray:
+    """log p(x0 | x1) of the logit-normal column, in data units."""
+    from scipy.stats import norm
+
+    cov = BOXED_CORR * np.outer(BOXED_SCALE, BOXED_SCALE)
+    mean, var = conditional_gaussian(BOXED_MEAN, cov, np.array([False, True]), np.array([x1]))
+    u = (x0 - LOW[0]) / (HIGH[0] - LOW[0])
+    y = np.log(u) - np.log1p(-u)
+    return norm(mean[0], np.sqrt(var[0, 0])).logpdf(y) - np.log(u * (1 - u) * 2.0)
+
+
+def test_an_exact_network_in_a_box_gives_exact_densities_and_mode(device):
+    """Samples stay in the box with the logit-normal's spread, log_prob is the logit-normal
+    density in data units (the transform's Jacobian), and the climb finds its mode in data
+    units, not the mode of the logits (which is further from the edge)."""
+    model = boxed_oracle(device)
+    mask = torch.tensor([False, True], device=device)
+    x1 = 1.6
+    row = torch.tensor([[np.nan, x1]], dtype=torch.float64, device=device)
+    x = model.sample(mask, row, 4000, steps=30, solver="dpm",
+                     generator=make_generator(0, device))[0, :, 0].cpu().numpy()
+    assert ((x > 2) & (x < 4)).all()
+    grid = np.linspace(2.001, 3.999, 1999)
+    exact = boxed_exact(grid, x1)
+    exact_draws = np.random.default_rng(0).choice(grid, 4000, p=np.exp(exact) / np.exp(exact)
+                                                  .sum())
+    assert abs(np.median(x) - np.median(exact_draws)) < 0.03
+    points = torch.tensor([[2.2, x1], [2.5, x1], [2.8, x1], [3.1, x1]], dtype=torch.float64,
+                          device=device)
+    logp = model.log_prob(mask, points, steps=30).cpu().numpy()
+    np.testing.assert_allclose(logp, boxed_exact(points[:, 0].cpu().numpy(), x1), atol=0.08)
+    start = torch.tensor([[2.9], [3.5]], dtype=torch.float64, device=device)
+    mode = model.climb(mask, row.nan_to_num(0.0), start, n_iter=400,
+                       learning_rate=0.05).cpu().numpy()[:, 0]
+    data_mode, logit_mode = grid[np.argmax(exact)], grid[np.argmax(exact + np.log(
+        (grid - 2) / 2 * (1 - (grid - 2) / 2)))]
+    assert abs(logit_mode - data_mode) > 0.08  # the two modes are far apart here
+    np.testing.assert_allclose(mode, data_mode, atol=0.02)

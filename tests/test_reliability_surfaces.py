@@ -205,13 +205,17 @@ def test_rounds_refuse_a_budget_no_machine_holds_before_simulating():
 
 
 def test_bounds_that_exclude_every_training_row_fail_fast():
-    """theta lives in [-1, 1]; bounds (5, 6) hold none of the model's mass: sampling gives up
-    after two rounds of drawing instead of twenty."""
+    """theta lives in [-1, 1]; bounds (5, 6) hold none of the model's mass. Learnt as the
+    support, the fit refuses them at once; as a truncation, sampling gives up after two rounds
+    of drawing instead of twenty."""
     rng = np.random.default_rng(0)
     theta = rng.uniform(-1, 1, size=(400, 1))
     X = np.hstack([theta, theta + 0.1 * rng.normal(size=theta.shape)])
-    est = quiet_fit(SimformerEstimator(**{**TINY, "d_model": 16, "n_layers": 1}, max_epochs=1,
-                                       random_state=0, device="cpu", bounds={0: (5.0, 6.0)}), X)
+    params = dict(**{**TINY, "d_model": 16, "n_layers": 1}, max_epochs=1, random_state=0,
+                  device="cpu", bounds={0: (5.0, 6.0)})
+    with pytest.raises(ValueError, match="400 value.* outside its bounds"):
+        SimformerEstimator(**params).fit(X)
+    est = quiet_fit(SimformerEstimator(**params, support="truncate"), X)
     start = time.perf_counter()
     with pytest.raises(ValueError, match="none of .* samples satisfied the constraints or bounds"):
         est.condition([False, True]).sample(200, observed=[0.0], random_state=0, steps=5)
@@ -352,7 +356,7 @@ def test_rounds_bounds_by_the_variable_names_its_docstring_promises():
     box every posterior sample stays in."""
     result = tiny_rounds(Counting(), estimator=SimformerEstimator(
         **{**TINY, "d_model": 16, "n_layers": 1}, max_epochs=1, random_state=0, device="cpu",
-        bounds={"theta": (-1.0, 1.5)}))
+        bounds={"theta": (-1.0, 1.5)}, support="truncate"))  # a Gaussian prior: draws outside
     assert result.estimator.layout_.names == ("theta", "x")
     samples = result.posterior().sample(200, observed=[0.5], random_state=0)
     assert samples.min() >= -1.0 and samples.max() <= 1.5

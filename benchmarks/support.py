@@ -1,0 +1,164 @@
+"""A posterior piled against the edge of its prior's box: ``bounds`` kept by a transform or by
+truncation.
+
+theta ~ U(0, 1)^2, x = theta + 0.05 noise. The exact posterior given x_o is, per column, a
+normal N(x_o, 0.05^2) cut to [0, 1]. Observation 1, x_o = (0.02, 0.02), puts 24 % of each
+column's mass within 0.02 of the edge 0; observation 2, (0.02, 0.5), one column at the edge and
+one in the middle; observation 3, (0.5, 0.99), the other edge. Each setting fits the default
+estimator (``bounds={"theta": (0, 1)}``) on ``--budget`` simulations, samples 10,000 per
+observation and scores them with C2ST against 10,000 exact draws, the share of each edge
+column's samples within 0.02 of its edge (exact: 0.237) and the share outside the box. One
+row per (setting, seed, observation) is appended to ``--out``; a rerun skips those done.
+
+Settings: ``support="transform"`` (the model learns theta in the logit of the box) and
+``support="truncate"`` (the model learns theta as it is; samples outside are redrawn).
+
+    python support.py --out results/support.csv              # about 25 minutes, one thread
+    python support.py --report --out results/support.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+NOISE = 0.05
+OBSERVATIONS = {1: np.array([0.02, 0.02]), 2: np.array([0.02, 0.5]), 3: np.array([0.5, 0.99])}
+SETTINGS = ("transform", "truncate")
+COLUMNS = ["setting", "budget", "seed", "observation", "c2st", "edge_share", "exact_share",
+           "outside", "train_s", "epochs", "machine"]
+
+
+def simulate(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng([seed, 31])
+    theta = rng.uniform(0, 1, (n, 2))
+    return np.hstack([theta, theta + NOISE * rng.normal(size=(n, 2))])
+
+
+def exact_posterior(x_o: np.ndarray, n: int, seed: int) -> np.ndarray:
+    from scipy.stats import truncnorm
+
+    a, b = (0 - x_o) / NOISE, (1 - x_o) / NOISE
+    return truncnorm.rvs(a, b, loc=x_o, scale=NOISE, size=(n, 2),
+                         random_state=np.random.default_rng([seed, 97]))
+
+
+def edge_share(samples: np.ndarray, x_o: np.ndarray) -> float:
+    """Mean over the columns observed within 0.05 of an edge of the share of samples within
+    0.02 of that edge."""
+    shares = []
+    for j, v in enumerate(x_o):
+        if v < 0.05:
+            shares.append(np.mean(samples[:, j] < 0.02))
+        elif v > 0.95:
+            shares.append(np.mean(samples[:, j] > 0.98))
+    return float(np.mean(shares))
+
+
+def run_one(setting: str, budget: int, seed: int) -> list[dict]:
+    import torch
+
+    from skformer import SimformerEstimator
+
+    from metrics import c2st
+    from seed_task import machine
+
+    torch.set_num_threads(1)
+    est = SimformerEstimator(variables=[2, 2], bounds={"v0": (0.0, 1.0)}, support=setting,
+                             random_state=seed, device="cpu", n_threads=1)
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est.fit(simulate(budget, seed))
+    train_s = time.perf_counter() - start
+    rows = []
+    for k, x_o in OBSERVATIONS.items():
+        samples = est.posterior().sample(10_000, x_o, random_state=seed)
+        reference = exact_posterior(x_o, 10_000, seed)
+        rows.append({"setting": setting, "budget": budget, "seed": seed, "observation": k,
+                     "c2st": round(c2st(samples, reference), 4),
+                     "edge_share": round(edge_share(samples, x_o), 4),
+                     "exact_share": round(edge_share(reference, x_o), 4),
+                     "outside": float(np.mean((samples < 0) | (samples > 1))),
+                     "train_s": round(train_s, 1), "epochs": est.n_iter_,
+                     "machine": machine()})
+    return rows
+
+
+def done(out: Path) -> set:
+    if not out.exists():
+        return set()
+    with open(out, newline="") as fh:
+        return {(r["setting"], int(r["budget"]), int(r["seed"])) for r in csv.DictReader(fh)}
+
+
+def run(out: Path, settings, budget: int, seeds) -> None:
+    have = done(out)
+    for seed in seeds:
+        for setting in settings:
+            if (setting, budget, seed) in have:
+                continue
+            rows = run_one(setting, budget, seed)
+            new = not out.exists()
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with open(out, "a", newline="") as fh:
+                writer = csv.DictWriter(fh, COLUMNS)
+                if new:
+                    writer.writeheader()
+                writer.writerows(rows)
+            print(f"[support] {setting} seed {seed}: " + ", ".join(
+                f"obs {r['observation']} c2st {r['c2st']} edge {r['edge_share']}"
+                for r in rows), flush=True)
+
+
+def report(out: Path) -> str:
+    """Means over seeds per setting and observation (a markdown table)."""
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    lines = ["| setting | budget | observation | seeds | C2ST | edge share (exact) | outside |",
+             "|---|---|---|---|---|---|---|"]
+    for setting in SETTINGS:
+        for budget in sorted({int(r["budget"]) for r in rows}):
+            for k in OBSERVATIONS:
+                sel = [r for r in rows if r["setting"] == setting and int(r["budget"]) == budget
+                       and int(r["observation"]) == k]
+                if not sel:
+                    continue
+
+                def mean(key, rs=sel):
+                    return np.mean([float(r[key]) for r in rs])
+
+                lines.append(f"| {setting} | {budget:,} | {k} | {len(sel)} | {mean('c2st'):.3f} "
+                             f"| {mean('edge_share'):.3f} ({mean('exact_share'):.3f}) "
+                             f"| {mean('outside'):.4f} |")
+    machines = sorted({r["machine"] for r in rows})
+    return "\n".join(lines + ["", "Machine: " + "; ".join(machines)])
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "support.csv")
+    ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    ap.add_argument("--budget", type=int, default=10_000)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--report", action="store_true", help="print the table of --out")
+    args = ap.parse_args(argv)
+    if args.report:
+        print(report(args.out))
+        return
+    run(args.out, args.settings, args.budget, args.seeds)
+    print(report(args.out))
+
+
+if __name__ == "__main__":
+    main()
