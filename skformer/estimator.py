@@ -983,20 +983,29 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
                                         position_dim=dim,
                                         group_embedding=network_module.GROUP_EMBEDDING,
                                         edge_heads=self._edge_heads())
-        low, high = self._fit_box(X, layout)
+        low, high = self._fit_box(X, layout, shared)
         return SimformerModel(network, dynamics,
                               Standardiser.from_data(torch.as_tensor(X), tied, low, high),
                               layout, positions=positions)
 
-    def _fit_box(self, X: np.ndarray, layout: Layout
+    def _fit_box(self, X: np.ndarray, layout: Layout, shared: list[list[int]]
                  ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """The box (low, high per column, infinite where none) that a new model learns its
         columns in (``support="transform"``: the columns that ``bounds`` bound on both sides);
-        ValueError when X has values outside it."""
+        ValueError when X has values outside it, or when columns that share a standardisation
+        (``shared``: readings of a variable with positions, exchangeable draws) have
+        different boxes."""
         box = {c: b for c, b in resolve_bounds(self.bounds, layout).items()
                if np.isfinite(b).all()}
         if self.support != "transform" or not box:
             return None, None
+        for cols in shared:
+            if len({box.get(c) for c in cols}) > 1:
+                names = [layout.column_names[c] for c in cols]
+                raise ValueError(
+                    f"columns {names} share one standardisation (the readings of a variable "
+                    "with positions, or exchangeable draws) but not one box: bound them alike "
+                    "(by the variable's name), or use support='truncate'.")
         low = torch.full((layout.n_columns,), -np.inf, dtype=torch.float64)
         high = torch.full((layout.n_columns,), np.inf, dtype=torch.float64)
         for c, (lo, hi) in box.items():

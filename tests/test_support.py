@@ -187,3 +187,13 @@ def test_a_bad_support_in_a_file_is_refused(boxed):
     for bad in ([[0, 1.0, 0.0]], [[7, 0.0, 1.0]], [[0, 0.0, 1.0], [0, 0.0, 1.0]], "box"):
         with pytest.raises(ValueError, match="support"):
             SimformerModel.from_description({**description, "support": bad}, state, "cpu")
+
+
+def test_columns_that_share_a_standardisation_need_one_box():
+    X = edge_task(100)
+    with pytest.raises(ValueError, match="share one standardisation"):
+        fit(X, variables={"a": 1, "b": 1, "x": 2}, exchangeable=[["a", "b"]],
+            bounds={"a": (0.0, 1.0)})
+    est = fit(X, variables={"a": 1, "b": 1, "x": 2}, exchangeable=[["a", "b"]],
+              bounds={"a": (0.0, 1.0), "b": (0.0, 1.0)}, max_epochs=1)
+    assert est.support_ == {"a": (0.0, 1.0), "b": (0.0, 1.0)}
