@@ -10,8 +10,11 @@ observation and scores them with C2ST against 10,000 exact draws, the share of e
 column's samples within 0.02 of its edge (exact: 0.237) and the share outside the box. One
 row per (setting, seed, observation) is appended to ``--out``; a rerun skips those done.
 
-Settings: ``support="transform"`` (the model learns theta in the logit of the box) and
-``support="truncate"`` (the model learns theta as it is; samples outside are redrawn).
+Settings: ``support="transform"`` (the model learns theta in the map
+``k (u - 1/2) + logit(u)`` of its position u in the box; ``--stiffness k`` sets
+``skformer.model.BOX_STIFFNESS``, 0 the plain logit, and the setting is recorded as
+"transform k=..." when k is not 0) and ``support="truncate"`` (the model learns theta as it
+is; samples outside are redrawn).
 
     python support.py --out results/support.csv              # about 25 minutes, one thread
     python support.py --report --out results/support.csv
@@ -68,13 +71,16 @@ def edge_share(samples: np.ndarray, x_o: np.ndarray) -> float:
 def run_one(setting: str, budget: int, seed: int) -> list[dict]:
     import torch
 
+    import skformer.model
     from skformer import SimformerEstimator
 
     from metrics import c2st
     from seed_task import machine
 
     torch.set_num_threads(1)
-    est = SimformerEstimator(variables=[2, 2], bounds={"v0": (0.0, 1.0)}, support=setting,
+    support, _, k = setting.partition(" k=")
+    skformer.model.BOX_STIFFNESS = float(k or 0)
+    est = SimformerEstimator(variables=[2, 2], bounds={"v0": (0.0, 1.0)}, support=support,
                              random_state=seed, device="cpu", n_threads=1)
     start = time.perf_counter()
     with warnings.catch_warnings():
@@ -127,7 +133,7 @@ def report(out: Path) -> str:
         rows = list(csv.DictReader(fh))
     lines = ["| setting | budget | observation | seeds | C2ST | edge share (exact) | outside |",
              "|---|---|---|---|---|---|---|"]
-    for setting in SETTINGS:
+    for setting in sorted({r["setting"] for r in rows}, key=lambda n: (n != "truncate", n)):
         for budget in sorted({int(r["budget"]) for r in rows}):
             for k in OBSERVATIONS:
                 sel = [r for r in rows if r["setting"] == setting and int(r["budget"]) == budget
@@ -149,6 +155,8 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=HERE / "results" / "support.csv")
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    ap.add_argument("--stiffness", type=float, default=0.0,
+                    help="skformer.model.BOX_STIFFNESS for the transform setting")
     ap.add_argument("--budget", type=int, default=10_000)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--report", action="store_true", help="print the table of --out")
@@ -156,7 +164,9 @@ def main(argv=None) -> None:
     if args.report:
         print(report(args.out))
         return
-    run(args.out, args.settings, args.budget, args.seeds)
+    settings = [f"transform k={args.stiffness:g}" if s == "transform" and args.stiffness
+                else s for s in args.settings]
+    run(args.out, settings, args.budget, args.seeds)
     print(report(args.out))
 
 

@@ -759,8 +759,9 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         for d in (old, new):  # which variables carry positions, not whether rows shared them
             d["positions"] = {k: v for k, v in d.get("positions", {}).items()
                               if k not in ("shared", "seen")}
-            # a design constant of new networks: the continued model keeps its own
+            # design constants of new models: the continued model keeps its own
             d["network"] = {k: v for k, v in d["network"].items() if k != "edge_heads"}
+            d["support"] = d.get("support", {}).get("box")
         changed = [part for part in ("layout", "dynamics", "network", "positions", "support")
                    if old.get(part) != new.get(part)]
         if changed:

@@ -55,6 +55,12 @@ EDGE = 1e-7
 """How close to an edge of its box a bounded value is read (as a fraction of the box): values on
 the edge (or rounded onto it) map to the logit of this fraction instead of an infinity."""
 
+BOX_STIFFNESS = 0.0
+"""``k`` of the map that new models learn a boxed column in, ``y = k (u - 1/2) + logit(u)`` at
+the position ``u`` in the box: 0 is the logit; a large ``k`` keeps the map nearly affine
+inside the box and stretches only the last ``1 / k`` or so near each edge. Each model keeps its
+own (it is saved with the box)."""
+
 
 class Standardiser(nn.Module):
     """The per-column map to standard units: ``z = (x - mean) / scale``, or, for a column with a
@@ -87,8 +93,13 @@ class Standardiser(nn.Module):
     """
 
     def __init__(self, mean: torch.Tensor, scale: torch.Tensor,
-                 low: torch.Tensor | None = None, high: torch.Tensor | None = None):
+                 low: torch.Tensor | None = None, high: torch.Tensor | None = None,
+                 stiffness: float | None = None):
         super().__init__()
+        self.stiffness = float(BOX_STIFFNESS if stiffness is None else stiffness)
+        if not (math.isfinite(self.stiffness) and self.stiffness >= 0):
+            raise ValueError(f"the box map's stiffness must be finite and >= 0; got "
+                             f"{self.stiffness!r}.")
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float64).clone())
         self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float64).clone())
         n = self.mean.shape
@@ -106,8 +117,8 @@ class Standardiser(nn.Module):
 
     @classmethod
     def from_data(cls, X: torch.Tensor, tied: list[list[int]] | None = None,
-                  low: torch.Tensor | None = None, high: torch.Tensor | None = None
-                  ) -> Standardiser:
+                  low: torch.Tensor | None = None, high: torch.Tensor | None = None,
+                  stiffness: float | None = None) -> Standardiser:
         """Column means and standard deviations of ``X`` (n_rows, n_columns), missing entries
         (NaN) left out; a column that is constant (its spread within 1e-12 of its mean's
         magnitude) keeps scale 1. The columns of each group in ``tied`` (the readings of one
@@ -119,14 +130,14 @@ class Standardiser(nn.Module):
         any finite float64 data (1e300 included) gives a finite mean and scale.
         """
         X = X.to(torch.float64)
-        boxed = cls(torch.zeros(X.shape[1]), torch.ones(X.shape[1]), low, high)
+        boxed = cls(torch.zeros(X.shape[1]), torch.ones(X.shape[1]), low, high, stiffness)
         if boxed.bounded:
             outside = ~boxed.inside(X) & ~torch.isnan(X)
             if bool(outside.any()):
                 bad = outside.any(0).nonzero().flatten().tolist()
                 raise ValueError(f"columns {bad} hold values outside their box.")
             out = cls._moments(boxed.unbound(X), tied)
-            return cls(out.mean, out.scale, boxed.low, boxed.high)
+            return cls(out.mean, out.scale, boxed.low, boxed.high, boxed.stiffness)
         return cls._moments(X, tied)
 
     @classmethod
@@ -188,12 +199,31 @@ class Standardiser(nn.Module):
 
     def unbound(self, x: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
         """Data units -> the unbounded units that ``mean`` and ``scale`` standardise (float64):
-        the logit of the position in the box for boxed columns, the value itself otherwise."""
+        ``k (u - 1/2) + logit(u)`` of the position ``u`` in the box for boxed columns
+        (``k`` = ``stiffness``), the value itself otherwise."""
         x = x.to(torch.float64)
         if not self.bounded:
             return x
         u, boxed = self._position(x, columns)
-        return torch.where(boxed, torch.log(u) - torch.log1p(-u), x)
+        y = self.stiffness * (u - 0.5) + torch.log(u) - torch.log1p(-u)
+        return torch.where(boxed, y, x)
+
+    def _logit_of(self, y: torch.Tensor) -> torch.Tensor:
+        """The logit ``t`` with ``k (sigmoid(t) - 1/2) + t = y`` (``t = y`` for ``k = 0``):
+        bisection (the left side grows with slope at least 1, so ``t`` lies within ``k / 2`` of
+        ``y``), then one Newton step that carries the gradient ``dt/dy`` exactly."""
+        k = self.stiffness
+        if k == 0:
+            return y
+        with torch.no_grad():
+            lo, hi = y - k / 2, y + k / 2
+            for _ in range(60):
+                mid = (lo + hi) / 2
+                above = mid + k * (torch.sigmoid(mid) - 0.5) > y
+                lo, hi = torch.where(above, lo, mid), torch.where(above, mid, hi)
+            t = ((lo + hi) / 2).detach()
+        s = torch.sigmoid(t)
+        return t - (t + k * (s - 0.5) - y) / (1 + k * s * (1 - s))
 
     def bound(self, y: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
         """:meth:`unbound`'s inverse (float64): boxed columns land inside their box."""
@@ -201,8 +231,8 @@ class Standardiser(nn.Module):
         if not self.bounded:
             return y
         low, high, boxed = self._box(columns)
-        inner = torch.where(boxed, low, 0.0) + torch.where(boxed, high - low, 1.0) * \
-            torch.sigmoid(y)
+        u = torch.sigmoid(self._logit_of(torch.where(boxed, y, 0.0)))
+        inner = torch.where(boxed, low, 0.0) + torch.where(boxed, high - low, 1.0) * u
         return torch.where(boxed, torch.minimum(torch.maximum(inner, low), high), y)
 
     def forward(self, x: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
@@ -224,15 +254,16 @@ class Standardiser(nn.Module):
     def log_abs_det_at(self, x: torch.Tensor, columns: torch.Tensor | None = None
                        ) -> torch.Tensor:
         """``log |dz/dx|`` of :meth:`forward` per entry of ``x`` (data units, float64): ``-log
-        scale``, and for a boxed column also ``-log(high - low) - log(u) - log(1 - u)`` at its
-        position ``u`` in the box."""
+        scale``, and for a boxed column also ``log(k + 1 / (u (1 - u))) - log(high - low)`` at
+        its position ``u`` in the box."""
         out = -torch.log(self._pick(columns)[1]).expand(x.shape)
         if not self.bounded:
             return out
         low, high, boxed = self._box(columns)
         u, _ = self._position(x, columns)
-        logit = -torch.log(torch.where(boxed, high - low, 1.0)) - torch.log(u) - torch.log1p(-u)
-        return out + torch.where(boxed, logit, 0.0)
+        slope = torch.log(self.stiffness + 1 / (u * (1 - u)))
+        return out + torch.where(boxed, slope - torch.log(torch.where(boxed, high - low, 1.0)),
+                                 0.0)
 
     def affine(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(centre, scale) in data units of a local affine picture of :meth:`inverse` at
@@ -241,8 +272,9 @@ class Standardiser(nn.Module):
         if not self.bounded:
             return self.mean, self.scale
         _, _, boxed = self._box(None)
-        s = torch.sigmoid(self.mean)
-        slope = torch.where(boxed, (self.high - self.low) * s * (1 - s) * self.scale, self.scale)
+        s = torch.sigmoid(self._logit_of(torch.where(boxed, self.mean, 0.0)))
+        du = 1 / (self.stiffness + 1 / (s * (1 - s)))  # du/dy at the mean
+        slope = torch.where(boxed, (self.high - self.low) * du * self.scale, self.scale)
         return self.bound(self.mean), slope
 
     def to_affine(self, z: torch.Tensor) -> torch.Tensor:
@@ -368,7 +400,8 @@ class SimformerModel(nn.Module):
                               Standardiser(self.standardiser.mean[src],
                                            self.standardiser.scale[src],
                                            self.standardiser.low[src],
-                                           self.standardiser.high[src]),
+                                           self.standardiser.high[src],
+                                           self.standardiser.stiffness),
                               view_layout, self.marginal_fraction)
         positional = torch.as_tensor(
             [v in table.variables for v in view_layout.column_variable], device=device)
@@ -779,8 +812,9 @@ class SimformerModel(nn.Module):
         if self.positions is not None:
             out["positions"] = self.positions.describe()
         if self.standardiser.bounded:  # files without a box read as before
-            out["support"] = [[c, low, high] for c, (low, high)
-                              in self.standardiser.box().items()]
+            out["support"] = {"box": [[c, low, high] for c, (low, high)
+                                      in self.standardiser.box().items()],
+                              "stiffness": self.standardiser.stiffness}
         return out
 
     @classmethod
@@ -879,22 +913,30 @@ class SimformerModel(nn.Module):
         if precision not in PRECISIONS:
             raise ValueError(f"training precision must be one of {PRECISIONS}; got "
                              f"{precision!r}.")
-        low, high = _read_support(description.get("support", []), T)
+        low, high, stiffness = _read_support(description.get("support"), T)
         # the checked tensors become the weights: no second initialisation, no RNG use
         skeleton.load_state_dict(state_dict, assign=True)
         skeleton.standardiser.low, skeleton.standardiser.high = low, high
+        skeleton.standardiser.stiffness = stiffness
         skeleton.precision = precision
         return skeleton.to(device).requires_grad_(False).eval()
 
 
-def _read_support(support: Any, n_columns: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A description's ``support``, ``[[column, low, high], ...]`` -> (low, high) per column
-    (infinite where there is no box); ValueError for anything else."""
+def _read_support(support: Any, n_columns: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """A description's ``support``, ``{"box": [[column, low, high], ...], "stiffness": k}``
+    (None: no box) -> (low, high) per column (infinite where there is no box) and ``k``;
+    ValueError for anything else."""
     low = torch.full((n_columns,), -math.inf, dtype=torch.float64)
     high = torch.full((n_columns,), math.inf, dtype=torch.float64)
-    if not isinstance(support, list):
-        raise ValueError(f"support must be a list of [column, low, high]; got {support!r}.")
-    for entry in support:
+    if support is None:
+        return low, high, 0.0
+    stiffness = support.get("stiffness") if isinstance(support, dict) else None
+    if not (isinstance(support, dict) and set(support) == {"box", "stiffness"}
+            and isinstance(support["box"], list) and type(stiffness) in (int, float)
+            and math.isfinite(stiffness) and stiffness >= 0):
+        raise ValueError(f"support must be {{'box': [[column, low, high], ...], 'stiffness': "
+                         f"k >= 0}}; got {support!r}.")
+    for entry in support["box"]:
         ok = (isinstance(entry, list) and len(entry) == 3 and type(entry[0]) is int
               and 0 <= entry[0] < n_columns
               and all(type(v) in (int, float) and math.isfinite(v) for v in entry[1:])
@@ -903,4 +945,4 @@ def _read_support(support: Any, n_columns: int) -> tuple[torch.Tensor, torch.Ten
             raise ValueError(f"support entries must be [column, low, high] with low < high, "
                              f"finite, one per column; got {entry!r}.")
         low[entry[0]], high[entry[0]] = float(entry[1]), float(entry[2])
-    return low, high
+    return low, high, float(stiffness)

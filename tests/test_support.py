@@ -40,10 +40,12 @@ def boxed():
     return fit(edge_task(), max_epochs=40)
 
 
-def test_standardiser_round_trip_and_jacobian():
+@pytest.mark.parametrize("stiffness", [0.0, 8.0])
+def test_standardiser_round_trip_and_jacobian(stiffness):
     low = torch.tensor([0.0, -np.inf, 2.0])
     high = torch.tensor([1.0, np.inf, np.inf])  # column 2 is one sided: not a box
-    st = Standardiser(torch.tensor([0.3, 1.0, 4.0]), torch.tensor([1.7, 2.0, 0.5]), low, high)
+    st = Standardiser(torch.tensor([0.3, 1.0, 4.0]), torch.tensor([1.7, 2.0, 0.5]), low, high,
+                      stiffness)
     assert st.box() == {0: (0.0, 1.0)}
     x = torch.tensor([[1e-9, -3.0, 2.5], [0.5, 7.0, 9.0], [1.0 - 1e-9, 0.0, 2.0]],
                      dtype=torch.float64)
@@ -61,6 +63,10 @@ def test_standardiser_round_trip_and_jacobian():
                          for j in range(3)], 1)
     np.testing.assert_allclose(st.log_abs_det_at(xs.detach()).numpy(),
                                torch.log(grads.abs()).numpy(), rtol=1e-10)
+    # the inverse's gradient (guidance and the map climb differentiate through it)
+    zs = st(xs.detach()).double().requires_grad_(True)
+    (dx,) = torch.autograd.grad(st.inverse(zs)[:, 0].sum(), zs)
+    np.testing.assert_allclose(dx[:, 0].numpy(), 1 / grads[:, 0].numpy(), rtol=1e-4)
 
 
 def test_a_standardiser_refuses_data_outside_its_box():
@@ -183,10 +189,20 @@ def test_a_bad_support_in_a_file_is_refused(boxed):
 
     description = boxed.model_.describe()
     state = boxed.model_.state_dict()
-    assert description["support"] == [[0, 0.0, 1.0], [1, 0.0, 1.0]]
-    for bad in ([[0, 1.0, 0.0]], [[7, 0.0, 1.0]], [[0, 0.0, 1.0], [0, 0.0, 1.0]], "box"):
+    box = [[0, 0.0, 1.0], [1, 0.0, 1.0]]
+    assert description["support"] == {"box": box, "stiffness": boxed.model_.standardiser
+                                      .stiffness}
+    for bad in ([[0, 1.0, 0.0]], [[7, 0.0, 1.0]], [[0, 0.0, 1.0], [0, 0.0, 1.0]], "box",
+                [[0, 0.0, float("inf")]]):
         with pytest.raises(ValueError, match="support"):
-            SimformerModel.from_description({**description, "support": bad}, state, "cpu")
+            SimformerModel.from_description(
+                {**description, "support": {"box": bad, "stiffness": 0.0}}, state, "cpu")
+    for bad in (-1.0, float("nan"), "2", None):
+        with pytest.raises(ValueError, match="support"):
+            SimformerModel.from_description(
+                {**description, "support": {"box": box, "stiffness": bad}}, state, "cpu")
+    with pytest.raises(ValueError, match="support"):
+        SimformerModel.from_description({**description, "support": box}, state, "cpu")
 
 
 def test_columns_that_share_a_standardisation_need_one_box():

@@ -143,8 +143,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "dynamics_options='{\"p_mean\": -1}'); recorded in the config column")
     ap.add_argument("--network-option", nargs="+", default=[], metavar="NAME=VALUE",
                     help="set a design constant of skformer.network for this run (e.g. "
-                         "GROUP_EMBEDDING=mlp), or of skformer.masks (masks.WITHIN_FRACTION=0); "
-                         "recorded in the config column")
+                         "GROUP_EMBEDDING=mlp), of skformer.masks (masks.WITHIN_FRACTION=0) or "
+                         "of skformer.model (model.BOX_STIFFNESS=8); recorded in the config "
+                         "column")
     ap.add_argument("--variables", choices=["task", "theta-x", "structure"], default="task",
                     help="skformer's variables: each task's own, theta and x as two "
                          "variables on the posterior-only tasks, or those of the task's "
@@ -250,7 +251,7 @@ def _config(args) -> str:
     for pair in getattr(args, "skformer", []):
         config += f"+{pair}"
     for pair in getattr(args, "network_option", []):
-        config += f"+{pair}" if pair.startswith("masks.") else f"+network.{pair}"
+        config += f"+{pair}" if pair.startswith(("masks.", "model.")) else f"+network.{pair}"
     if args.samples != (QUICK["samples"] if args.quick else 10_000):
         config += f"+samples={args.samples}"
     return config
@@ -396,9 +397,11 @@ def run(args: argparse.Namespace) -> Path:
 
 
 def _network_options(pairs: list[str]) -> None:
-    """Set design constants of skformer.network (``NAME=VALUE``) or skformer.masks
-    (``masks.NAME=VALUE``); the name must exist, values are read as JSON where they parse."""
+    """Set design constants of skformer.network (``NAME=VALUE``), skformer.masks
+    (``masks.NAME=VALUE``) or skformer.model (``model.NAME=VALUE``); the name must exist,
+    values are read as JSON where they parse."""
     import skformer.masks as masks
+    import skformer.model as model
     import skformer.network as network
 
     for pair in pairs:
@@ -406,6 +409,8 @@ def _network_options(pairs: list[str]) -> None:
         module = network
         if name.startswith("masks."):
             module, name = masks, name.removeprefix("masks.")
+        elif name.startswith("model."):
+            module, name = model, name.removeprefix("model.")
         if not sep or not name.isupper() or not hasattr(module, name):
             raise SystemExit(f"--network-option takes NAME=VALUE with a constant of "
                              f"skformer.network (or masks.NAME of skformer.masks); got {pair!r}.")
