@@ -119,7 +119,7 @@ def prior_bounds(task: Task) -> dict | None:
     prior's support as sbi's do."""
     from skformer.simulation import prior_bounds as bounds_of
 
-    n_theta = task.sample_prior(1, np.random.default_rng(0)).shape[1]
+    n_theta = task.prior_torch().sample((1,)).reshape(1, -1).shape[1]
     return bounds_of(task.prior_torch(), n_theta)
 
 
