@@ -129,18 +129,18 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         stays inside the bounds of its non-observed columns, ``log_prob`` and
         ``score_samples`` are ``-inf`` outside, and ``map`` stays inside. How, ``support``
         says.
-    support : {"transform", "truncate"}, default="transform"
-        How ``bounds`` are kept. "transform": a column bounded on both sides is learnt in the
-        logit of its position in the box (fixed at fit: X must lie inside), so samples land
-        inside without rejection, mass piles against an edge as the data do, and a log
-        density is a proper density in data units (the transform's Jacobian included); one
-        sided bounds, and bounds set after the fit (``set_params``, narrower than the fit's),
-        truncate as with "truncate". "truncate": the model is learnt in data units and each
+    support : {"truncate", "transform"}, default="truncate"
+        How ``bounds`` are kept. "truncate": the model is learnt in data units and each
         conditional is the model's truncated to the bounds, as sbi's posteriors are truncated
         to the prior's support: samples outside are redrawn, and inside a log density is not
-        renormalised for the mass the model puts outside. Bounds are then read when a
-        conditional is made, so ``set_params(bounds=...)`` applies without a refit. What
-        each gains: docs/concepts.md.
+        renormalised for the mass the model puts outside. Bounds are read when a conditional
+        is made, so ``set_params(bounds=...)`` applies without a refit. "transform": a column
+        bounded on both sides is learnt in the logit of its position in the box (fixed at
+        fit: X must lie inside), so samples land inside without rejection and a log density
+        is a proper density in data units (the transform's Jacobian included); one-sided
+        bounds, and bounds set after the fit (narrower than the fit's), truncate on top. It
+        wins where a posterior piles against an edge, and loses on two_moons, which is why it
+        is not the default (docs/concepts.md).
     tokens : {"column", "variable", "auto"} or int, default="column"
         How columns are grouped for the Transformer's middle blocks: one token per scalar
         column (the Simformer paper's choice), one per variable, each variable cut into tokens
@@ -344,7 +344,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         posterior_latent=None,
         posterior_observed=None,
         bounds=None,
-        support="transform",
+        support="truncate",
         tokens="column",
         d_model=64,
         n_layers=4,

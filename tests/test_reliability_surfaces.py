@@ -214,7 +214,7 @@ def test_bounds_that_exclude_every_training_row_fail_fast():
     params = dict(**{**TINY, "d_model": 16, "n_layers": 1}, max_epochs=1, random_state=0,
                   device="cpu", bounds={0: (5.0, 6.0)})
     with pytest.raises(ValueError, match="400 value.* outside its bounds"):
-        SimformerEstimator(**params).fit(X)
+        SimformerEstimator(**params, support="transform").fit(X)
     est = quiet_fit(SimformerEstimator(**params, support="truncate"), X)
     start = time.perf_counter()
     with pytest.raises(ValueError, match="none of .* samples satisfied the constraints or bounds"):

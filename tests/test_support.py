@@ -1,6 +1,6 @@
-"""Known support learnt by the model (``support="transform"``): a column bounded on both sides
-is learnt in the logit of its box, so samples land inside without rejection and densities are
-proper densities in data units."""
+"""Known support learnt by the model (``support="transform"``, an opt-in): a column bounded on
+both sides is learnt in the logit of its box, so samples land inside without rejection and
+densities are proper densities in data units."""
 
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ def fit(X, **params):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return SimformerEstimator(**{**dict(variables=[2, 2], bounds=BOX, max_epochs=15,
-                                            random_state=0, **TINY), **params}).fit(X)
+                                            support="transform", random_state=0, **TINY),
+                                     **params}).fit(X)
 
 
 @pytest.fixture(scope="module")
