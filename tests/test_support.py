@@ -214,3 +214,15 @@ def test_columns_that_share_a_standardisation_need_one_box():
     est = fit(X, variables={"a": 1, "b": 1, "x": 2}, exchangeable=[["a", "b"]],
               bounds={"a": (0.0, 1.0), "b": (0.0, 1.0)}, max_epochs=1)
     assert est.support_ == {"a": (0.0, 1.0), "b": (0.0, 1.0)}
+
+
+def test_missing_entries_pass_through_the_box():
+    """NaN (missing) in a boxed column: fit leaves it out, a density marginalises it."""
+    X = edge_task(600)
+    X[::7, 0] = np.nan
+    est = fit(X, max_epochs=3)
+    assert np.isfinite(est.mean_).all() and est.support_ == {"v0[0]": (0.0, 1.0),
+                                                            "v0[1]": (0.0, 1.0)}
+    cond = est.condition(np.array([False, False, True, True]))
+    lp = cond.log_prob(np.array([[np.nan, 0.4], [np.nan, 1.4]]), np.array([0.3, 0.4]))
+    assert np.isfinite(lp[0]) and np.isneginf(lp[1])
