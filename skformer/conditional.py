@@ -599,7 +599,8 @@ class Conditional:
         st = m.standardiser
         if st.bounded:  # outside the model's own box (values there are read on its edge)
             cols = torch.as_tensor(self.latent_columns, device=m.device)
-            kept = (st.inside(v, cols) | ~st._box(cols)[2] | torch.isnan(v)).all(1)  # NaN: left out
+            # a NaN entry is left out (marginalised), not outside
+            kept = (st.inside(v, cols) | ~st._box(cols)[2] | torch.isnan(v)).all(1)
             out[~kept.cpu().numpy()] = -np.inf
         return out
 
