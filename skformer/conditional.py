@@ -133,7 +133,9 @@ class Conditional:
         column name or a variable name, which bounds all its columns; ``-np.inf`` / ``np.inf``
         for one side): the conditional is the model's truncated to it. Samples outside are
         redrawn and :meth:`log_prob` is ``-inf`` there. Bounds of observed columns do not
-        apply.
+        apply. Columns that the model learnt in a box (``support="transform"``) stay in it
+        without rejection, :meth:`log_prob` is ``-inf`` outside it, and observed values
+        outside it are refused; bounds that contain that box add nothing.
 
     Attributes
     ----------
