@@ -139,7 +139,8 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         fit: X must lie inside), so samples land inside without rejection and a log density
         is a proper density in data units (the transform's Jacobian included); one-sided
         bounds, and bounds set after the fit (narrower than the fit's), truncate on top. It
-        wins where a posterior piles against an edge, and loses on two_moons, which is why it
+        wins where a posterior piles against an edge, and loses on two_moons and the seed task,
+        which is why it
         is not the default (docs/concepts.md).
     tokens : {"column", "variable", "auto"} or int, default="column"
         How columns are grouped for the Transformer's middle blocks: one token per scalar
