@@ -140,8 +140,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         is a proper density in data units (the transform's Jacobian included); one-sided
         bounds, and bounds set after the fit (narrower than the fit's), truncate on top. It
         wins where a posterior piles against an edge, and loses on two_moons and the seed task,
-        which is why it
-        is not the default (docs/concepts.md).
+        which is why it is not the default (docs/concepts.md).
     tokens : {"column", "variable", "auto"} or int, default="column"
         How columns are grouped for the Transformer's middle blocks: one token per scalar
         column (the Simformer paper's choice), one per variable, each variable cut into tokens
