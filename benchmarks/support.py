@@ -23,7 +23,6 @@ is; samples outside are redrawn).
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 import warnings
@@ -34,6 +33,9 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
+
+from rows import append as append_row  # noqa: E402
+from rows import read as read_rows  # noqa: E402
 
 NOISE = 0.05
 OBSERVATIONS = {1: np.array([0.02, 0.02]), 2: np.array([0.02, 0.5]), 3: np.array([0.5, 0.99])}
@@ -102,10 +104,7 @@ def run_one(setting: str, budget: int, seed: int) -> list[dict]:
 
 
 def done(out: Path) -> set:
-    if not out.exists():
-        return set()
-    with open(out, newline="") as fh:
-        return {(r["setting"], int(r["budget"]), int(r["seed"])) for r in csv.DictReader(fh)}
+    return {(r["setting"], int(r["budget"]), int(r["seed"])) for r in read_rows(out)}
 
 
 def run(out: Path, settings, budget: int, seeds) -> None:
@@ -115,13 +114,9 @@ def run(out: Path, settings, budget: int, seeds) -> None:
             if (setting, budget, seed) in have:
                 continue
             rows = run_one(setting, budget, seed)
-            new = not out.exists()
             out.parent.mkdir(parents=True, exist_ok=True)
-            with open(out, "a", newline="") as fh:
-                writer = csv.DictWriter(fh, COLUMNS)
-                if new:
-                    writer.writeheader()
-                writer.writerows(rows)
+            for row in rows:
+                append_row(out, COLUMNS, row)
             print(f"[support] {setting} seed {seed}: " + ", ".join(
                 f"obs {r['observation']} c2st {r['c2st']} edge {r['edge_share']}"
                 for r in rows), flush=True)
@@ -129,8 +124,7 @@ def run(out: Path, settings, budget: int, seeds) -> None:
 
 def report(out: Path) -> str:
     """Means over seeds per setting and observation (a markdown table)."""
-    with open(out, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    rows = read_rows(out)
     lines = ["| setting | budget | observation | seeds | C2ST | edge share (exact) | outside |",
              "|---|---|---|---|---|---|---|"]
     for setting in sorted({r["setting"] for r in rows}, key=lambda n: (n != "truncate", n)):
