@@ -227,7 +227,7 @@ class Conditional:
         """Refuse observed values outside the box that the model learnt their column in."""
         st = self._model.standardiser
         cols = torch.as_tensor(self.observed_columns, device=self._model.device)
-        out = ~st.inside(obs, cols) & ~torch.isnan(obs) & st._box(cols)[2]
+        out = ~st.inside(obs, cols) & ~torch.isnan(obs) & st.boxed(cols)
         if bool(out.any()):
             j = int(out.nonzero()[0, 1])
             c = int(self.observed_columns[j])
@@ -602,7 +602,7 @@ class Conditional:
         if st.bounded:  # outside the model's own box (values there are read on its edge)
             cols = torch.as_tensor(self.latent_columns, device=m.device)
             # a NaN entry is left out (marginalised), not outside
-            kept = (st.inside(v, cols) | ~st._box(cols)[2] | torch.isnan(v)).all(1)
+            kept = (st.inside(v, cols) | ~st.boxed(cols) | torch.isnan(v)).all(1)
             out[~kept.cpu().numpy()] = -np.inf
         return out
 

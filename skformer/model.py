@@ -179,10 +179,15 @@ class Standardiser(nn.Module):
                                                                    self.high[columns])
         return low, high, torch.isfinite(low) & torch.isfinite(high)
 
+    def boxed(self, columns: torch.Tensor | None = None) -> torch.Tensor:
+        """Boolean per column of ``columns`` (all when None): True where both bounds are finite,
+        so the column is modelled in the logit of its box."""
+        return self._box(columns)[2]
+
     @property
     def bounded(self) -> bool:
         """Whether any column is modelled in the logit of its box."""
-        return bool((torch.isfinite(self.low) & torch.isfinite(self.high)).any())
+        return bool(self.boxed().any())
 
     def inside(self, x: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
         """Boolean, like ``x`` (data units): the entries inside their box (NaN: False)."""
@@ -271,7 +276,7 @@ class Standardiser(nn.Module):
         these units and warped by :meth:`to_affine` (:mod:`skformer.guidance`)."""
         if not self.bounded:
             return self.mean, self.scale
-        _, _, boxed = self._box(None)
+        boxed = self.boxed()
         s = torch.sigmoid(self._logit_of(torch.where(boxed, self.mean, 0.0)))
         du = 1 / (self.stiffness + 1 / (s * (1 - s)))  # du/dy at the mean
         slope = torch.where(boxed, (self.high - self.low) * du * self.scale, self.scale)
@@ -285,7 +290,7 @@ class Standardiser(nn.Module):
 
     def box(self) -> dict[int, tuple[float, float]]:
         """``{column: (low, high)}`` of the boxed columns."""
-        _, _, boxed = self._box(None)
+        boxed = self.boxed()
         return {int(c): (float(self.low[c]), float(self.high[c]))
                 for c in boxed.nonzero().flatten().tolist()}
 
@@ -645,10 +650,10 @@ class SimformerModel(nn.Module):
         z = self._standard(states, values)
         prior_states = torch.where(latent_row, LATENT, MISSING).to(torch.uint8)[None]
         known = None
-        if prior is not None and bool(self.standardiser._box(lat)[2].any()):
+        if prior is not None and bool(self.standardiser.boxed(lat).any()):
             raise ValueError(
                 "prior= gives the latent columns' prior in data units, but this model draws "
-                f"columns {self.standardiser._box(lat)[2].nonzero().flatten().tolist()} of "
+                f"columns {self.standardiser.boxed(lat).nonzero().flatten().tolist()} of "
                 "them in the logit of their box: leave prior=None (the model's own prior), "
                 "or refit with support='truncate'.")
         if prior is not None:
@@ -790,7 +795,7 @@ class SimformerModel(nn.Module):
         """The gradient in standard units of ``log |dz/dx|`` at ``z``: what turns the mode
         of the standardised density into the mode in data units (0 without a box)."""
         st = self.standardiser
-        if not bool(st._box(latent)[2].any()):
+        if not bool(st.boxed(latent).any()):
             return torch.zeros_like(z)
         with torch.enable_grad():
             zz = z.detach().requires_grad_(True)
