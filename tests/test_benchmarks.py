@@ -111,6 +111,27 @@ def test_report_reads_several_csvs_and_states_the_conditionals_target(quick_csv,
             "skformer_score: 0.560 over 2 random masks: not met") in text
 
 
+def test_seed_table_means_complete_seeds_only(quick_csv, tmp_path, capsys):
+    """``--seeds``: each seed's mean over its observations, and the mean over the seeds that
+    completed every observation; a seed stopped part-way is shown but not averaged."""
+    from harness.report import main as report_main
+
+    sk = next(r for r in _rows(quick_csv) if r["method"] == "skformer_score")
+    values = {("0", "1"): "0.60", ("0", "2"): "0.70", ("1", "1"): "0.50", ("1", "2"): "0.54",
+              ("2", "1"): "0.99"}  # seed 2 has observation 1 only
+    path = tmp_path / "seeds.csv"
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=COLUMNS)
+        w.writeheader()
+        for (seed, obs), c in values.items():
+            w.writerow({**sk, "seed": seed, "observation": obs, "c2st": c})
+    report_main(["--csv", str(path), "--seeds"])
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| seed "))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[5] == "0: 0.650, 1: 0.520, 2: (0.990, 1 of 2)"
+    assert cells[6:] == ["2", "0.585"]
+
+
 def test_c2st_torch_backend_agrees_with_sklearn():
     """The fold-batched PyTorch MLP C2ST against scikit-learn's (sbibm's code path) on
     Gaussians with a known separation; agreement within 0.03 (fold noise at 2 x 1,500 rows

@@ -5,6 +5,7 @@ it does not, all computed from the rows (nothing hard-coded).
 
     python -m harness.report --csv results/harness.csv [more.csv ...] [--docs ../docs]
     python -m harness.report --csv results/harness_14a.csv --print   # the table only, to stdout
+    python -m harness.report --csv results/structure_slcp.csv --seeds  # per seed, and their mean
 
 Several CSVs (e.g. from harness runs on the two cores side by side) are read as one.
 """
@@ -21,7 +22,7 @@ from harness import ROOT
 from harness.methods import METHODS
 from harness.run import DEFAULT_OUT, KEY
 
-__all__ = ["load", "summarise", "write_report"]
+__all__ = ["load", "seed_table", "summarise", "write_report"]
 
 SKFORMER = ("skformer_score", "skformer_flow")
 SBIBM_TASKS = ("gaussian_linear", "two_moons", "gaussian_mixture", "slcp", "bernoulli_glm")
@@ -143,6 +144,31 @@ def _table(s, show_config: bool) -> list[str]:
                  _num(r["network_calls"], "{:.0f}"), _num(r["epochs"], "{:.0f}"),
                  _num(r["peak_rss_mb"], "{:.0f}"), ", ".join(notok) or "-"]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return lines
+
+
+def seed_table(df) -> list[str]:
+    """Markdown lines: per task / target / config / budget / method, the C2ST of each seed
+    (mean over its ok observations or masks) and the mean over seeds. A seed counts only where
+    it completed every observation that some seed of the group completed, so a run stopped
+    part-way does not enter the mean; its partial figure is shown in brackets."""
+    metric = _metric(df)
+    ok = df[df["status"] == "ok"]
+    head = ["task", "target", "config", "budget", "method", "per seed", "seeds", "mean of seeds"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key, g in ok.groupby(GROUP, sort=True):
+        wanted = set(g["observation"])
+        cells, full = [], []
+        for seed, gs in g.groupby("seed", sort=True):
+            value = gs[metric].mean()
+            if set(gs["observation"]) == wanted:
+                full.append(value)
+                cells.append(f"{seed}: {value:.3f}")
+            else:
+                cells.append(f"{seed}: ({value:.3f}, {len(gs)} of {len(wanted)})")
+        mean = f"{np.mean(full):.3f}" if full else "-"
+        lines.append("| " + " | ".join([*map(str, key[:3]), f"{int(key[3]):,}", key[4],
+                                        ", ".join(cells), str(len(full)), mean]) + " |")
     return lines
 
 
@@ -445,7 +471,13 @@ def main(argv=None) -> Path:
     ap.add_argument("--print", action="store_true",
                     help="print the table of every config (mean over observations or masks) to "
                          "stdout and write nothing")
+    ap.add_argument("--seeds", action="store_true",
+                    help="print each config's C2ST per seed and the mean over seeds (the "
+                         "figure of a goal stated as a mean of seeds) and write nothing")
     args = ap.parse_args(argv)
+    if args.seeds:
+        print("\n".join(seed_table(load(args.csv))))
+        return None
     if args.print:
         print("\n".join(_table(summarise(load(args.csv)), show_config=True)))
         return None
