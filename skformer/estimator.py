@@ -1022,11 +1022,12 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         return low, high
 
     def _edge_heads(self) -> int | None:
-        """The heads a declared DAG restricts in a new network (``network.EDGE_HEADS``); edge
-        masks given as arrays or callables bind every head, as they always did."""
+        """The heads a declared DAG restricts in a new network (its ``heads``, else
+        ``network.EDGE_HEADS``); edge masks given as arrays or callables bind every head, as
+        they always did."""
         if not isinstance(self.edge_masks, DAG):
             return None
-        return network_module.edge_heads(self.n_heads)
+        return network_module.edge_heads(self.n_heads, getattr(self.edge_masks, "heads", None))
 
     def _split_rows(self, Z: torch.Tensor, seeds: FitSeeds
                     ) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -87,13 +87,15 @@ to every token (missing tokens excepted), so a declared structure guides attenti
 cutting the direct routes between variables."""
 
 
-def edge_heads(n_heads: int) -> int | None:
-    """:data:`EDGE_HEADS` resolved for a network of ``n_heads`` heads."""
-    if EDGE_HEADS == "half":
+def edge_heads(n_heads: int, heads=None) -> int | None:
+    """``heads`` (None, an int or "half"; None reads :data:`EDGE_HEADS`) resolved for a network
+    of ``n_heads`` heads: None for every head."""
+    heads = EDGE_HEADS if heads is None else heads
+    if heads == "half":
         return n_heads // 2
-    if EDGE_HEADS is None:
+    if heads is None:
         return None
-    return min(int(EDGE_HEADS), n_heads)
+    return min(int(heads), n_heads)
 
 ATTENTION = "auto"
 """How attention is computed: "sdpa" (``F.scaled_dot_product_attention``), "math" (two matrix

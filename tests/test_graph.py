@@ -83,6 +83,9 @@ def test_constructor_refusals():
         DAG({}, inversion="magic")
     with pytest.raises(ValueError, match="mapping"):
         DAG([(1, 0)])
+    for heads in (-1, 1.5, "all", True):
+        with pytest.raises(ValueError, match="heads must be"):
+            DAG({1: [0]}, heads=heads)
 
 
 def test_names_and_bare_parents():
@@ -152,6 +155,33 @@ def test_edge_heads_apply_to_a_declared_dag_only_and_warm_starts_keep_their_own(
     monkeypatch.setattr(network, "EDGE_HEADS", None)
     with_dag.set_params(warm_start=True).fit(chain_data(64))
     assert with_dag.model_.network.edge_heads == 2 and len(with_dag.loss_curve_) == 2
+
+
+def test_a_dag_declares_its_heads_and_keeps_them_through_persistence(tmp_path, monkeypatch):
+    """``DAG(..., heads=k)`` restricts k heads of a new network whatever ``network.EDGE_HEADS``
+    says ("half": n_heads // 2; more than n_heads: all); the DAG, heads included, survives
+    ``get_params``/``clone``, pickle and the pickle-free format, and older DAG pickles (no
+    ``heads``) load as every head."""
+    import pickle
+
+    from sklearn.base import clone
+
+    import skformer.network as network
+
+    monkeypatch.setattr(network, "EDGE_HEADS", 3)  # the DAG's own setting wins
+    small = dict(max_epochs=1, d_model=16, n_layers=1, n_heads=4, random_state=0, device="cpu")
+    for heads, used in ((1, 1), ("half", 2), (9, None)):
+        est = SimformerEstimator(edge_masks=DAG({1: [0], 2: [1]}, heads=heads), **small)
+        assert est.fit(chain_data(64)).model_.network.edge_heads == used, heads
+    assert est.edge_masks != DAG({1: [0], 2: [1]}) and "heads=9" in repr(est.edge_masks)
+    assert clone(est).edge_masks == est.edge_masks
+    save(est, tmp_path / "heads.skf")
+    for loaded in (load(tmp_path / "heads.skf"), pickle.loads(pickle.dumps(est))):
+        assert loaded.edge_masks.heads == 9 and loaded.edge_masks == est.edge_masks
+    old = DAG({1: [0]})
+    del old.__dict__["heads"]  # as pickled before heads existed
+    assert pickle.loads(pickle.dumps(old)).heads is None
+    assert "heads" not in DAG({1: [0]}).to_dict()  # descriptions without heads stay as they were
 
 
 # ------------------------------------------------------------- against exact Gaussian algebra
