@@ -1027,7 +1027,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         they always did."""
         if not isinstance(self.edge_masks, DAG):
             return None
-        return network_module.edge_heads(self.n_heads, getattr(self.edge_masks, "heads", None))
+        return network_module.edge_heads(self.n_heads, self.edge_masks.heads)
 
     def _split_rows(self, Z: torch.Tensor, seeds: FitSeeds
                     ) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -105,7 +105,7 @@ class DAG:
     def __eq__(self, other) -> bool:
         return (isinstance(other, DAG) and self.parents == other.parents
                 and self.inversion == other.inversion
-                and getattr(self, "heads", None) == getattr(other, "heads", None))
+                and self.heads == other.heads)
 
     def __setstate__(self, state):
         # pickles of DAGs made before ``heads`` existed lack it: every head, as they had
