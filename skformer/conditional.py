@@ -76,6 +76,10 @@ def resolve_bounds(bounds, layout, observed_columns=()) -> dict[int, tuple[float
 MAX_CALL_STEPS = 1_000_000
 """Most solver steps one call may ask for (``steps=``; the parameters stop at 10,000)."""
 
+MASS_CACHE = 256
+"""Observations whose mass inside the bounds a conditional keeps (:meth:`Conditional.log_prob`
+with ``normalise=True``); the oldest is forgotten first."""
+
 BYTES_PER_SAMPLED_ENTRY = 32
 """Memory that sampling holds per entry (row and column) at once: the rows' states, values,
 noise and results in float32, and the float64 results (``check_fits_in_memory``)."""
@@ -174,6 +178,7 @@ class Conditional:
         self._edges = None if edge_mask is None else torch.as_tensor(edge_mask, device=device)
         self._returned = torch.as_tensor(self.latent_columns, device=device)
         self.bounds = bounds
+        self._mass: dict = {}  # observation -> its draws inside the bounds (log_prob)
         # bounds that the model's own box already keeps (it models those columns in the
         # logit of their box) need no rejection
         box = model.standardiser.box()
@@ -538,6 +543,8 @@ class Conditional:
         divergence: str = "auto",
         n_probes: int = 16,
         random_state=0,
+        normalise: bool = True,
+        mass_draws: int = 4000,
     ) -> np.ndarray:
         """Log density of latent values given observed values, by the probability-flow ODE.
 
@@ -558,9 +565,23 @@ class Conditional:
             or Hutchinson's estimator with ``n_probes`` Rademacher probes. "auto": exact up to
             16 latent columns.
         random_state : int, default=0
-            Seed of the Hutchinson probes (fixed by default, so results are deterministic).
-            One set of probes serves every row, so a row's log density never depends on the
-            other rows passed with it.
+            Seed of the Hutchinson probes and of the draws that measure the mass inside the
+            bounds (fixed by default, so results are deterministic). One set of probes serves
+            every row, and each observation's draws are seeded alike, so a row's log density
+            never depends on the other rows passed with it.
+        normalise : bool, default=True
+            With ``bounds`` on latent columns that the model does not keep itself (the default
+            ``support="truncate"``, one-sided bounds, bounds set after the fit): the model's
+            conditional truncated to the bounds is renormalised, so the density inside
+            integrates to one. Its mass inside, per observation, is the share of
+            ``mass_draws`` of its (untruncated) samples that fall inside, over the columns
+            present in the row (a NaN entry is left out); it is kept for the next calls with
+            the same observation. False: the model's density as it is inside (it integrates
+            to the mass inside, less than one), -inf outside either way.
+        mass_draws : int, default=4000
+            Samples per observation that measure the mass inside the bounds (the standard
+            error of its log is about ``sqrt((1 - p) / (p * mass_draws))`` for a mass ``p``:
+            0.016 at p = 0.5).
 
         Returns
         -------
@@ -582,6 +603,8 @@ class Conditional:
             raise ValueError(f"log_prob needs steps >= 2; got {steps}.")
         solver = self._solver(solver, ODE_SOLVERS)
         n_probes = _positive_int(n_probes, "n_probes")
+        _check_flag(normalise, "normalise")
+        mass_draws = _positive_int(mass_draws, "mass_draws")
         obs, _ = self._observed(observed)
         v = self._values(values, obs.shape[0])
         m = self._model
@@ -598,6 +621,10 @@ class Conditional:
                                   solver=solver, probes=probes))
         if self._bounds:
             out[~self._inside(to_numpy(v))] = -np.inf
+            if normalise:
+                finite = np.isfinite(out)
+                out[finite] -= self._log_mass(obs, to_numpy(v), mass_draws,
+                                              random_state)[finite]
         st = m.standardiser
         if st.bounded:  # outside the model's own box (values there are read on its edge)
             cols = torch.as_tensor(self.latent_columns, device=m.device)
@@ -615,6 +642,48 @@ class Conditional:
             return None
         return parse_constraints(self._bounds, self._model.layout.column_names,
                                  self.observed_columns, mean, scale, warp)
+
+    def _log_mass(self, obs: torch.Tensor, values: np.ndarray, draws: int,
+                  random_state) -> np.ndarray:
+        """Per row of ``values``: the log of the model's mass inside the bounds given the row's
+        observation, over the bounded columns present in the row (not NaN), from ``draws``
+        untruncated samples per distinct observation (kept in ``self._mass``)."""
+        m = self._model
+        seed = seed_from(random_state)
+        bounded = [(j, *self._bounds[c]) for j, c in enumerate(self.latent_columns)
+                   if c in self._bounds]
+        cache = self._mass
+        o = to_numpy(obs)
+        inside_by_obs = []
+        for row in o:
+            key = (row.tobytes(), draws, seed, self.sampling_steps, self.solver)
+            if key not in cache:
+                self._check_rows(draws, 1, "mass_draws")
+                rows, states = self._joint_rows(torch.as_tensor(row[None], device=m.device))
+                x = to_numpy(m.sample(states, rows, draws, edges=self._edges,
+                                      steps=self.sampling_steps, solver=self.solver,
+                                      generator=make_generator(seed, m.device))[0])
+                x = x[:, self.latent_columns]
+                # (draws, bounded columns): inside each column's bounds
+                cache[key] = np.stack([(x[:, j] >= low) & (x[:, j] <= high)
+                                       for j, low, high in bounded], axis=1)
+                while len(cache) > MASS_CACHE:
+                    del cache[next(iter(cache))]
+            inside_by_obs.append(cache[key])
+        present = ~np.isnan(values[:, [j for j, _, _ in bounded]])
+        group = np.arange(values.shape[0]) if len(o) > 1 else np.zeros(values.shape[0], int)
+        # one share per (observation, columns present): rows that share both share it
+        keys, where = np.unique(np.column_stack([group, present]), axis=0, return_inverse=True)
+        share = np.array([inside_by_obs[k[0]][:, k[1:].astype(bool)].all(1).mean()
+                          for k in keys])[where.reshape(-1)]
+        if (share == 0).any():
+            i = int(np.flatnonzero(share == 0)[0])
+            raise ValueError(
+                f"none of the {draws} draws given observation {i if len(o) > 1 else 0} fell "
+                f"inside the bounds {self.bounds!r}: the model puts next to no mass there, so "
+                "its truncated density cannot be normalised. Raise mass_draws, or pass "
+                "normalise=False for the model's own density inside.")
+        return np.log(share)
 
     def _inside(self, values: np.ndarray) -> np.ndarray:
         """Boolean (n,): the rows of latent ``values`` (data units) inside the bounds."""
@@ -685,7 +754,7 @@ class Conditional:
             raise ValueError("map takes one observation, shape (n_observed,); for a set of "
                              "iid trials pass iid=True.")
         start = self.sample(n_init, observed, random_state=random_state)
-        coarse = self.log_prob(start, observed, steps=8)
+        coarse = self.log_prob(start, observed, steps=8, normalise=False)  # only ranked
         best = start[np.argsort(coarse)[::-1][: min(n_keep, n_init)]]
         m = self._model
         rows, states = self._joint_rows(obs, density=True)
@@ -693,7 +762,7 @@ class Conditional:
                                    edges=self._edges, n_iter=n_iter,
                                    learning_rate=learning_rate))
         climbed = self._clip(climbed)
-        final = self.log_prob(climbed, observed)
+        final = self.log_prob(climbed, observed, normalise=False)
         return climbed[int(np.argmax(final))]
 
     def _map_iid(self, trials, n_init, n_keep, n_iter, learning_rate, random_state

@@ -608,7 +608,7 @@ def _region(post, samples, x_o, truncation, quantile, box_margin) -> dict:
     region = {"box": np.stack([low - pad, high + pad], axis=1), "kind": truncation,
               "post": post, "x_o": x_o}
     if truncation == "hpr":
-        log_density = post.log_prob(samples, observed=x_o)
+        log_density = post.log_prob(samples, observed=x_o, normalise=False)  # one scale
         region["threshold"] = float(np.quantile(log_density, quantile))
     return region
 
@@ -644,7 +644,8 @@ def _rejection(prior, n, region, kind, seed, min_acceptance, batch=None):
         tried += batch
         inside = theta[np.all((theta >= low) & (theta <= high), axis=1)]
         if kind == "hpr" and len(inside):
-            log_density = region["post"].log_prob(inside, observed=region["x_o"])
+            log_density = region["post"].log_prob(inside, observed=region["x_o"],
+                                                   normalise=False)
             inside = inside[log_density >= region["threshold"]]
         accepted.append(inside)
         got = sum(len(a) for a in accepted)

@@ -57,17 +57,51 @@ def test_bounds_are_the_unbounded_samples_kept_inside(fitted):
     assert abs(s[:, 1].mean() - (MU[1] + 0.1 * np.sqrt(2 / np.pi))) < 0.02
 
 
-def test_log_prob_is_minus_infinity_outside_and_unchanged_inside(fitted):
-    est = bounded(fitted, {0: (-1.0, 0.5)})
-    theta = np.array([[0.2, -0.1, 0.3], [0.7, -0.1, 0.3], [-1.2, -0.1, 0.3]])
-    lp = est.posterior().log_prob(theta, observed=[1.2, 0.9, 1.3])
+def test_log_prob_is_minus_infinity_outside_and_renormalised_inside(fitted):
+    """theta_0 | x_0 = 1.2 is N(0.2, 0.1): bounds at 0.2 keep about half the model's mass.
+    Inside, log_prob is the model's raised by minus the log of the share of its draws inside
+    (1,000 draws here, checked against 4,000 others); normalise=False keeps the model's own
+    density."""
+    est = bounded(fitted, {0: (-1.0, 0.2)})
+    x_o = np.array([1.2, 0.9, 1.3])
+    theta = np.array([[0.1, -0.1, 0.3], [0.3, -0.1, 0.3], [-1.2, -0.1, 0.3]])
+    post = est.posterior()
+    lp = post.log_prob(theta, observed=x_o, mass_draws=1000)
     assert np.isneginf(lp[1:]).all()
-    ref = fitted.posterior().log_prob(theta[:1], observed=[1.2, 0.9, 1.3])
-    np.testing.assert_allclose(lp[:1], ref)
+    ref = fitted.posterior().log_prob(theta[:1], observed=x_o)
+    np.testing.assert_allclose(post.log_prob(theta[:1], observed=x_o, normalise=False), ref)
+    plain = fitted.posterior().sample(4000, observed=x_o, random_state=3)
+    share = (plain[:, 0] <= 0.2).mean()
+    assert 0.3 < share < 0.7  # the bounds cut the posterior: the correction is not small
+    assert abs((lp[0] - ref[0]) + np.log(share)) < 0.14  # 4 standard errors
+    # deterministic, and a row's density does not depend on the other rows
+    np.testing.assert_array_equal(post.log_prob(theta, observed=x_o, mass_draws=1000), lp)
+    two = post.log_prob(theta[[0, 0]], observed=np.stack([x_o, x_o + [0.0, 0.1, 0.0]]),
+                        mass_draws=1000)
+    assert two[0] == lp[0] and np.isfinite(two[1])
     # the joint (score_samples) too: a row with theta_0 outside has no density
-    rows = np.array([[0.2, -0.1, 0.3, 1.2, 0.9, 1.3], [0.7, -0.1, 0.3, 1.7, 0.9, 1.3]])
+    rows = np.array([[0.1, -0.1, 0.3, 1.2, 0.9, 1.3], [0.7, -0.1, 0.3, 1.7, 0.9, 1.3]])
     joint = est.score_samples(rows.reshape(2, 2, 3))
     assert np.isfinite(joint[0]) and np.isneginf(joint[1])
+    assert joint[0] > fitted.score_samples(rows[:1].reshape(1, 2, 3))[0]  # mass below one
+
+
+def test_truncated_log_prob_integrates_to_one():
+    """One column, U(0, 1), bounded by its box: the model spills several per cent of its mass
+    outside, and the truncated, renormalised density integrates to one over the box."""
+    u = np.random.default_rng(0).uniform(0, 1, (3000, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est = SimformerEstimator(variables=None, bounds={0: (0.0, 1.0)}, max_epochs=30,
+                                 d_model=16, n_layers=1, n_heads=2, random_state=0).fit(u)
+    grid = np.linspace(0, 1, 2001)[1:-1]
+    step = grid[1] - grid[0]
+    assert abs(np.exp(est.score_samples(grid[:, None])).sum() * step - 1) < 0.03
+    raw = est.condition(np.zeros(1, dtype=bool)).log_prob(grid[:, None], normalise=False)
+    assert np.exp(raw).sum() * step < 0.97
+    with pytest.raises(ValueError, match="none of the 200 draws"):
+        est.set_params(bounds={0: (5.0, 6.0)}).condition(np.zeros(1, dtype=bool)).log_prob(
+            [[5.5]], mass_draws=200)
 
 
 def test_map_and_iid_samples_stay_inside(fitted):

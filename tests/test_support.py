@@ -226,3 +226,15 @@ def test_missing_entries_pass_through_the_box():
     cond = est.condition(np.array([False, False, True, True]))
     lp = cond.log_prob(np.array([[np.nan, 0.4], [np.nan, 1.4]]), np.array([0.3, 0.4]))
     assert np.isfinite(lp[0]) and np.isneginf(lp[1])
+    # truncated instead: a row is renormalised over the bounded columns present in it
+    est = fit(X, max_epochs=3, support="truncate")
+    cond = est.condition(np.array([False, False, True, True]))
+    rows = np.array([[np.nan, 0.4], [0.3, 0.4]])
+    shift = (cond.log_prob(rows, np.array([0.3, 0.4]), normalise=False)
+             - cond.log_prob(rows, np.array([0.3, 0.4])))
+    free = est.set_params(bounds=None).condition(np.array([False, False, True, True]))
+    s = free.sample(4000, np.array([0.3, 0.4]), random_state=5)
+    inside = (s >= 0) & (s <= 1)
+    np.testing.assert_allclose(shift, np.log([inside[:, 1].mean(), inside.all(1).mean()]),
+                               atol=0.05)
+    assert inside.all(1).mean() < inside[:, 1].mean() < 0.95  # the correction is not small
