@@ -87,13 +87,15 @@ class TorchConditional:
         out = self.conditional.sample(n, obs, **kwargs)
         return torch.as_tensor(out, dtype=torch.float32).reshape(*shape, -1).to(device)
 
-    def log_prob(self, values, x=None, **kwargs) -> torch.Tensor:
-        """Log density of latent ``values`` (shape (n, n_latent_columns)) given ``x``."""
+    def log_prob(self, values, x=None, norm_posterior: bool = True, **kwargs) -> torch.Tensor:
+        """Log density of latent ``values`` (shape (n, n_latent_columns)) given ``x``.
+        ``norm_posterior`` (sbi's name): renormalise for the mass outside the estimator's
+        ``bounds`` (``Conditional.log_prob``'s ``normalise``)."""
         obs, device = self._x(x)
         v = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else values
         v = np.asarray(v).reshape(-1, self.conditional.n_latent)
-        return torch.as_tensor(self.conditional.log_prob(v, obs, **kwargs), dtype=torch.float32,
-                               device=device)
+        out = self.conditional.log_prob(v, obs, normalise=norm_posterior, **kwargs)
+        return torch.as_tensor(out, dtype=torch.float32, device=device)
 
 
 class Simformer:

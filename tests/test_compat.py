@@ -75,6 +75,12 @@ def test_init_indexes_and_sample_shape():
     post = inference.build_posterior()
     assert post.sample((2, 5), x=torch.zeros(2)).shape == (2, 5, 2)
     assert post.conditional.latent_columns.tolist() == [2, 3]
+    # sbi's norm_posterior: the density truncated to bounds, renormalised or not
+    inference.estimator.set_params(bounds={2: (-0.5, 0.5)})
+    post = inference.build_posterior()
+    theta, x = torch.zeros(1, 2), torch.zeros(2)
+    raw = post.log_prob(theta, x=x, norm_posterior=False, mass_draws=500)
+    assert post.log_prob(theta, x=x, mass_draws=500).item() > raw.item() + 0.1
 
 
 def test_errors():
