@@ -315,9 +315,8 @@ def test_training_budget_records_each_variant_and_its_solver_steps(tmp_path, mon
     """The training-length study on the seed task, with a tiny model: one record per variant
     and observation, a ``_stepsN`` variant samples the same fit with N steps, and a C2ST of a
     model that learnt something is well below 1."""
-    import training_budget
-
     import metrics
+    import training_budget
 
     tiny = {**QUICK_SKFORMER, "max_epochs": 30}
     monkeypatch.setattr(training_budget, "VARIANTS", {"tiny": tiny, "tiny_steps5": tiny})
