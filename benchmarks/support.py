@@ -126,10 +126,13 @@ def _npe(budget: int, seed: int):
     from sbi.inference import NPE
     from sbi.utils import BoxUniform
 
+    from harness.methods import sbi_quiet
+
     torch.manual_seed(seed)
     X = simulate(budget, seed)
     prior = BoxUniform(torch.zeros(2), torch.ones(2))
-    inference = NPE(prior=prior, density_estimator="nsf", show_progress_bars=False)
+    inference = NPE(prior=prior, density_estimator="nsf", show_progress_bars=False,
+                    **sbi_quiet(NPE))
     inference.append_simulations(torch.as_tensor(X[:, :2], dtype=torch.float32),
                                  torch.as_tensor(X[:, 2:], dtype=torch.float32))
     start = time.perf_counter()

@@ -650,8 +650,6 @@ class Conditional:
         untruncated samples per distinct observation (kept in ``self._mass``)."""
         m = self._model
         seed = seed_from(random_state)
-        bounded = [(j, *self._bounds[c]) for j, c in enumerate(self.latent_columns)
-                   if c in self._bounds]
         cache = self._mass
         o = to_numpy(obs)
         inside_by_obs = []
@@ -663,14 +661,11 @@ class Conditional:
                 x = to_numpy(m.sample(states, rows, draws, edges=self._edges,
                                       steps=self.sampling_steps, solver=self.solver,
                                       generator=make_generator(seed, m.device))[0])
-                x = x[:, self.latent_columns]
-                # (draws, bounded columns): inside each column's bounds
-                cache[key] = np.stack([(x[:, j] >= low) & (x[:, j] <= high)
-                                       for j, low, high in bounded], axis=1)
+                cache[key] = self._inside_columns(x[:, self.latent_columns])
                 while len(cache) > MASS_CACHE:
                     del cache[next(iter(cache))]
             inside_by_obs.append(cache[key])
-        present = ~np.isnan(values[:, [j for j, _, _ in bounded]])
+        present = ~np.isnan(values[:, [j for j, _, _ in self._latent_bounds()]])
         group = np.arange(values.shape[0]) if len(o) > 1 else np.zeros(values.shape[0], int)
         # one share per (observation, columns present): rows that share both share it
         keys, where = np.unique(np.column_stack([group, present]), axis=0, return_inverse=True)
@@ -685,14 +680,24 @@ class Conditional:
                 "normalise=False for the model's own density inside.")
         return np.log(share)
 
+    def _latent_bounds(self) -> list[tuple[int, float, float]]:
+        """``(j, low, high)`` for each bounded latent column (j: its position in
+        ``latent_columns``)."""
+        return [(j, *self._bounds[c]) for j, c in enumerate(self.latent_columns)
+                if c in self._bounds]
+
+    def _inside_columns(self, values: np.ndarray) -> np.ndarray:
+        """Boolean (n, bounded latent columns): each entry of latent ``values`` (data units)
+        inside its column's bounds (a NaN has no value, so it is not outside)."""
+        columns = [~((values[:, j] < low) | (values[:, j] > high))
+                   for j, low, high in self._latent_bounds()]
+        if not columns:
+            return np.ones((values.shape[0], 0), dtype=bool)
+        return np.stack(columns, axis=1)
+
     def _inside(self, values: np.ndarray) -> np.ndarray:
         """Boolean (n,): the rows of latent ``values`` (data units) inside the bounds."""
-        ok = np.ones(values.shape[0], dtype=bool)
-        for j, c in enumerate(self.latent_columns):
-            if c in self._bounds:
-                low, high = self._bounds[c]
-                ok &= ~((values[:, j] < low) | (values[:, j] > high))  # NaN: no value
-        return ok
+        return self._inside_columns(values).all(1)
 
     def _clip(self, values: np.ndarray) -> np.ndarray:
         """Latent ``values`` (data units) moved onto the bounds where they lie outside: the map

@@ -242,6 +242,14 @@ class _NullTracker:
         pass
 
 
+def sbi_quiet(inference_class) -> dict:
+    """Keyword arguments that keep an sbi inference class from writing TensorBoard files to
+    ./sbi-logs (a tracker that logs nothing, where the installed sbi takes one)."""
+    if "tracker" in inspect.signature(inference_class.__init__).parameters:
+        return {"tracker": _NullTracker()}
+    return {}
+
+
 class SbiRunner(Runner):
     def __init__(self, name: str):
         self.name = name
@@ -259,9 +267,8 @@ class SbiRunner(Runner):
 
         torch.manual_seed(seed)
         prior = task.prior_torch(settings.device)
-        common = dict(prior=prior, device=settings.device, show_progress_bars=False)
-        if "tracker" in inspect.signature(NPE.__init__).parameters:
-            common["tracker"] = _NullTracker()  # no TensorBoard files in ./sbi-logs
+        common = dict(prior=prior, device=settings.device, show_progress_bars=False,
+                      **sbi_quiet(NPE))
         if self.name == "npe":
             inference = NPE(density_estimator="nsf", **common)
         elif self.name == "npse":
