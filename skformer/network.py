@@ -101,10 +101,13 @@ ATTENTION = "auto"
 """How attention is computed: "sdpa" (``F.scaled_dot_product_attention``), "math" (two matrix
 products and a softmax), or "auto": "math" on a GPU for at most :data:`SMALL_T` tokens, where
 the fused kernels pad every head's tiny attention matrix to their tile size
-(``benchmarks/gpu.py`` measures both) and on a CPU in bf16 (where the fused kernel is about 4x
-slower), "sdpa" otherwise (faster on CPUs in float32)."""
+(``benchmarks/gpu.py`` measures both), on a CPU for at most :data:`SMALL_T_CPU` tokens (where
+the fused kernel's fixed cost outweighs the work; ``benchmarks/attention_cpu.py``) and on a
+CPU in bf16 (where the fused kernel is about 4x slower), "sdpa" otherwise (faster on CPUs in
+float32 from a few tokens on)."""
 
 SMALL_T = 32
+SMALL_T_CPU = 2
 
 
 PRECISIONS = ("float32", "bfloat16")
@@ -164,7 +167,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     (True = may attend) broadcastable to (batch, heads, tokens, tokens)."""
     kind = ATTENTION
     if kind == "auto":
-        small = q.is_cuda and q.shape[-2] <= SMALL_T
+        small = q.shape[-2] <= (SMALL_T if q.is_cuda else SMALL_T_CPU)
         kind = "math" if small or (q.dtype == torch.bfloat16 and not q.is_cuda) else "sdpa"
     if kind == "sdpa":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
