@@ -254,16 +254,20 @@ def test_fnpe_collapses_without_correction(device):
 
 # ------------------------------------------------------------------------ a trained model
 @pytest.fixture(scope="module")
-def gaussian_fit(device):
+def gaussian_fit(device, built_once):
     """theta ~ N(0, 1), x = theta + 0.5 noise: a tiny model trained on single trials."""
     rng = np.random.default_rng(0)
     theta = rng.normal(size=(3000, 1))
     X = np.hstack([theta, theta + 0.5 * rng.normal(size=theta.shape)])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return SimformerEstimator(d_model=32, n_layers=2, max_epochs=60, random_state=0,
-                                  posterior_latent=[0], posterior_observed=[1],
-                                  device=device).fit(X)
+
+    def build():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return SimformerEstimator(d_model=32, n_layers=2, max_epochs=60, random_state=0,
+                                      posterior_latent=[0], posterior_observed=[1],
+                                      device=device).fit(X)
+
+    return built_once(f"iid-gaussian-{device}", build)
 
 
 @pytest.mark.parametrize("n_trials", [1, 5, 20])

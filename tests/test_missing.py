@@ -33,10 +33,11 @@ def fit(X, **kw):
 
 
 @pytest.fixture(scope="module")
-def missing_fitted():
+def missing_fitted(built_once):
     """The seed task with a fifth of its entries missing at random, 2-D with a declared split."""
     X = with_missing(seed_task(3000).reshape(3000, 6), 0.2)
-    return fit(X, variables=[3, 3], posterior_latent=[0], posterior_observed=[1])
+    return built_once("missing-fitted", lambda: fit(X, variables=[3, 3], posterior_latent=[0],
+                                                    posterior_observed=[1]))
 
 
 # ---------------------------------------------------------------------------------- the loss
@@ -123,10 +124,11 @@ def test_posterior_with_an_entry_missing_matches_the_exact_answer(missing_fitted
 
 
 @pytest.fixture(scope="module")
-def columns_fitted():
+def columns_fitted(built_once):
     """The complete seed task, one variable per column: masks cover each column alone."""
-    return fit(seed_task(3000).reshape(3000, 6), posterior_latent=[0, 1, 2],
-               posterior_observed=[3, 4, 5], max_epochs=60)
+    return built_once("missing-columns-fitted", lambda: fit(
+        seed_task(3000).reshape(3000, 6), posterior_latent=[0, 1, 2],
+        posterior_observed=[3, 4, 5], max_epochs=60))
 
 
 def test_a_model_fitted_on_complete_data_marginalises_by_sampling(columns_fitted):

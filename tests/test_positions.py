@@ -61,9 +61,10 @@ def quiet_fit(est, X, **kw):
 
 
 @pytest.fixture(scope="module")
-def trained():
+def trained(built_once):
     X, t = function_data(3000)
-    return quiet_fit(estimator(max_epochs=40), X, positions={"x": t})
+    return built_once("positions-trained",
+                      lambda: quiet_fit(estimator(max_epochs=40), X, positions={"x": t}))
 
 
 # ---------------------------------------------------------------------- trained: exact answers

@@ -37,8 +37,8 @@ def fit(X, **params):
 
 
 @pytest.fixture(scope="module")
-def boxed():
-    return fit(edge_task(), max_epochs=40)
+def boxed(built_once):
+    return built_once("support-boxed", lambda: fit(edge_task(), max_epochs=40))
 
 
 @pytest.mark.parametrize("stiffness", [0.0, 8.0])

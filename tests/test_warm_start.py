@@ -28,9 +28,9 @@ def same_weights(a, b) -> bool:
 
 
 @pytest.fixture(scope="module")
-def trained():
+def trained(built_once):
     """A short fit to continue from (8 epochs on 1500 rows of the seed task)."""
-    return small(max_epochs=8).fit(seed_task(1500))
+    return built_once("warm-start-trained", lambda: small(max_epochs=8).fit(seed_task(1500)))
 
 
 # ------------------------------------------------------------------ warm_start
