@@ -100,8 +100,8 @@ def slcp_structure() -> None:
     to every variable), and one set of exchangeable draws: the best slcp setting measured.
     The fit itself (10,000 simulations and ``max_epochs=1000``, 30-45 minutes on one CPU
     thread) is benchmarks/harness's ``--tasks slcp --dag moral --exchangeable
-    --network-option EDGE_HEADS=2 --max-epochs 1000``: C2ST 0.652 over 3 seeds (0.687 at the
-    default 400 epochs), against 0.772 for the default without structure (3 seeds, 400
+    --network-option EDGE_HEADS=2 --max-epochs 1000``: C2ST 0.652 over 3 seeds (0.642 without
+    early stopping, 0.687 at the default 400 epochs), against 0.772 for the default without structure (3 seeds, 400
     epochs, docs/speed.md); docs/missing_data.md, "Declared structure at 10,000 simulations",
     has every figure."""
     names = ["theta", "x1", "x2", "x3", "x4"]
