@@ -95,7 +95,11 @@ def test_the_model_is_symmetric_under_swapping_exchangeable_draws(briefly_fitted
 
 def test_exchangeable_draws_give_the_exact_gaussian_posterior():
     """theta ~ N(0, 1) and three draws theta + 0.5 eps: the posterior is N(m, 1/13) with
-    m = 4 (x1 + x2 + x3) / 13, learnt with one conditional shared by the draws."""
+    m = 4 (x1 + x2 + x3) / 13, learnt with one conditional shared by the draws.
+
+    Tolerances from random states 0-4 of this fit: the means within 0.034 (0.12 posterior sds),
+    the spreads within 15 % (random state 1; the others within 6 %). A model that read one draw
+    instead of three would be 60 % too wide."""
     est = SimformerEstimator(variables=NAMES, exchangeable=[["x1", "x2", "x3"]], d_model=32,
                              n_layers=2, max_epochs=40, random_state=0, device="cpu")
     est.fit(draws(2000))
@@ -103,8 +107,8 @@ def test_exchangeable_draws_give_the_exact_gaussian_posterior():
     for x_o in ([0.5, 0.2, 0.8], [-1.0, -0.6, -1.3]):
         s = est.posterior().sample(2000, observed=np.array(x_o), random_state=0)[:, 0]
         mean, std = sum(x_o) / NOISE**2 / precision, precision**-0.5
-        assert abs(s.mean() - mean) < 0.04, (s.mean(), mean)
-        assert abs(s.std() / std - 1) < 0.10, (s.std(), std)
+        assert abs(s.mean() - mean) < 0.06, (s.mean(), mean)
+        assert abs(s.std() / std - 1) < 0.20, (s.std(), std)
 
 
 # ---------------------------------------------------------------------------------- persistence
