@@ -15,11 +15,20 @@ step of the largest setting.
 
 Appends one JSON record per setting to ``benchmarks/results/cpu_profile.json`` and prints a
 markdown table. Default: one thread (``--threads``), as the harness's CPU benchmarks.
+
+``--attention`` instead compares the two attention paths (``skformer.network.ATTENTION``:
+"math", two matrix products and a softmax, and "sdpa", ``F.scaled_dot_product_attention``) on
+2-32 tokens, one call forward alone and forward + backward (head dims 8 and 16, batches 128
+and 1,024, 4 heads, a random bool mask), and a whole small fit (``d_model=32``, 2 layers,
+3,000 rows, 20 epochs) with 2,000 posterior draws for 2-8 columns, the paths alternating,
+the faster of two runs. It writes ``results/attention_cpu.csv`` (about 3.5 minutes), the
+evidence for ``skformer.network.SMALL_T_CPU``.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import platform
 import time
@@ -29,6 +38,9 @@ from pathlib import Path
 import torch
 
 OUT = Path(__file__).resolve().parent / "results" / "cpu_profile.json"
+ATTENTION_OUT = OUT.with_name("attention_cpu.csv")
+ATTENTION_FIELDS = ["part", "kernel", "tokens", "batch", "head_dim", "forward_ms", "train_ms",
+                    "fit_s", "sample_s", "machine", "timestamp"]
 PARTS = ["draw", "forward+loss", "backward", "clip", "optimiser", "ema"]
 
 
@@ -141,6 +153,117 @@ def sampling_speed(tokens: int, n: int = 10_000) -> dict:
             "steps": est.sampling_steps, "chunk_rows": est.model_.rows_per_chunk()}
 
 
+def _ms_per_call(fn, seconds: float = 0.4) -> float:
+    """Milliseconds per call of ``fn`` (three warm-up calls, then as many as fit ``seconds``)."""
+    for _ in range(3):
+        fn()
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        fn()
+        n += 1
+    return (time.perf_counter() - start) / n * 1e3
+
+
+def attention_kernels(tokens=(2, 3, 4, 5, 6, 8, 12, 16, 24, 32)):
+    """One attention call per path, forward and forward + backward, per shape."""
+    from skformer import network
+
+    paths = {}
+    for name in ("math", "sdpa"):
+        def path(*args, name=name):
+            network.ATTENTION = name
+            try:
+                return network.attention(*args)
+            finally:
+                network.ATTENTION = "auto"
+        paths[name] = path
+    for head_dim in (8, 16):
+        for batch in (128, 1024):
+            for t in tokens:
+                gen = torch.Generator().manual_seed(0)
+                q, k, v = (torch.randn(batch, 4, t, head_dim, generator=gen,
+                                       requires_grad=True) for _ in range(3))
+                mask = torch.rand(batch, 1, t, t, generator=gen) < 0.7
+                mask |= torch.eye(t, dtype=torch.bool)
+                for name, path in paths.items():
+                    def forward(path=path, args=(q, k, v, mask)):
+                        with torch.no_grad():
+                            path(*args)
+
+                    def train(path=path, args=(q, k, v, mask)):
+                        path(*args).sum().backward()
+
+                    yield dict(part="kernel", kernel=name, tokens=t, batch=batch,
+                               head_dim=head_dim, forward_ms=round(_ms_per_call(forward), 4),
+                               train_ms=round(_ms_per_call(train), 4))
+
+
+def attention_fits(columns=(2, 3, 4, 6, 8), repeats: int = 2):
+    """A small fit and 2,000 draws per path and column count (the faster of ``repeats``)."""
+    import numpy as np
+
+    from skformer import SimformerEstimator, network
+
+    with warnings.catch_warnings():  # the first fit of a process imports torch's compiler
+        warnings.simplefilter("ignore")
+        SimformerEstimator(d_model=8, n_layers=1, max_epochs=1).fit(np.zeros((64, 2)))
+    for c in columns:
+        rng = np.random.default_rng(0)
+        theta = rng.normal(size=(3000, 1))
+        X = np.hstack([theta] + [theta + 0.5 * rng.normal(size=theta.shape)
+                                 for _ in range(c - 1)])
+        best = {name: [np.inf, np.inf] for name in ("math", "sdpa")}
+        for _ in range(repeats):
+            for name in best:
+                network.ATTENTION = name
+                try:
+                    est = SimformerEstimator(d_model=32, n_layers=2, max_epochs=20,
+                                             random_state=0, posterior_latent=[0])
+                    start = time.perf_counter()
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        est.fit(X)
+                    fit_s = time.perf_counter() - start
+                    start = time.perf_counter()
+                    est.posterior().sample(2000, X[0, 1:], random_state=0)
+                    sample_s = time.perf_counter() - start
+                finally:
+                    network.ATTENTION = "auto"
+                best[name] = [min(best[name][0], fit_s), min(best[name][1], sample_s)]
+        for name, (fit_s, sample_s) in best.items():
+            yield dict(part="fit", kernel=name, tokens=c, fit_s=round(fit_s, 3),
+                       sample_s=round(sample_s, 3))
+
+
+def compare_attention(machine: str) -> None:
+    """``--attention``: both parts into ``ATTENTION_OUT`` (written afresh), then the tables."""
+    ATTENTION_OUT.parent.mkdir(exist_ok=True)
+    rows = []
+    with open(ATTENTION_OUT, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=ATTENTION_FIELDS)
+        writer.writeheader()
+        for row in [*attention_kernels(), *attention_fits()]:
+            row.update(machine=machine, timestamp=time.strftime("%Y-%m-%dT%H:%M:%S"))
+            writer.writerow({k: row.get(k, "") for k in ATTENTION_FIELDS})
+            fh.flush()
+            rows.append(row)
+    by = {(r["part"], r["kernel"], r["tokens"], r.get("batch"), r.get("head_dim")): r
+          for r in rows}
+    print(f"\n{machine}\n\n| head dim | batch | tokens | forward, math / sdpa (ms) | "
+          "forward + backward, math / sdpa (ms) |\n|---|---|---|---|---|")
+    for (part, kernel, t, batch, head_dim), m in by.items():
+        if part == "kernel" and kernel == "math":
+            s = by[("kernel", "sdpa", t, batch, head_dim)]
+            print(f"| {head_dim} | {batch} | {t} | {m['forward_ms']:.2f} / {s['forward_ms']:.2f} "
+                  f"| {m['train_ms']:.2f} / {s['train_ms']:.2f} |")
+    print("\n| columns | fit, math / sdpa (s) | 2,000 draws, math / sdpa (s) |\n|---|---|---|")
+    for (part, kernel, t, _, _), m in by.items():
+        if part == "fit" and kernel == "math":
+            s = by[("fit", "sdpa", t, None, None)]
+            print(f"| {t} | {m['fit_s']:.2f} / {s['fit_s']:.2f} | "
+                  f"{m['sample_s']:.2f} / {s['sample_s']:.2f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--label", default="", help="e.g. before / after, stored with each record")
@@ -152,12 +275,17 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-operators", action="store_true")
     ap.add_argument("--no-sampling", action="store_true")
+    ap.add_argument("--attention", action="store_true",
+                    help="compare the two attention paths instead (results/attention_cpu.csv)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     import skformer
 
     machine = (f"{platform.processor() or platform.machine()}, {args.threads} thread(s), "
                f"torch {torch.__version__}, skformer {skformer.__version__}")
+    if args.attention:
+        compare_attention(machine)
+        return
     sizes = [tuple(int(v) for v in size.split("/")) for size in args.sizes]
     rows = [profile_step(t, b, args.steps, d, h) for d, h in sizes for t in args.tokens
             for b in args.batch_sizes]

@@ -101,10 +101,10 @@ ATTENTION = "auto"
 """How attention is computed: "sdpa" (``F.scaled_dot_product_attention``), "math" (two matrix
 products and a softmax), or "auto": "math" on a GPU for at most :data:`SMALL_T` tokens, where
 the fused kernels pad every head's tiny attention matrix to their tile size
-(``benchmarks/gpu.py`` measures both), on a CPU for at most :data:`SMALL_T_CPU` tokens (where
-the fused kernel's fixed cost outweighs the work; ``benchmarks/attention_cpu.py``) and on a
-CPU in bf16 (where the fused kernel is about 4x slower), "sdpa" otherwise (faster on CPUs in
-float32 from a few tokens on)."""
+(``benchmarks/gpu.py`` measures both), on a CPU for at most :data:`SMALL_T_CPU` tokens
+(where the fused kernel's fixed cost outweighs the work; ``benchmarks/cpu_profile.py
+--attention``) and on a CPU in bf16 (where the fused kernel is about 4x slower), "sdpa"
+otherwise (faster on CPUs in float32 from a few tokens on)."""
 
 SMALL_T = 32
 SMALL_T_CPU = 2

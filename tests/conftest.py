@@ -90,37 +90,35 @@ def _fit_seed_model(method: str, device: torch.device):
     return est
 
 
-def _built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build):
-    """``build()``, run once per test run: parallel workers (make test) share the result through
-    the run's common temporary folder; the first worker to need it builds and pickles it, the
-    others wait for it and load it (a pickled estimator samples and scores bit for bit the
-    same). Without workers, ``build()``."""
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
-        return build()
-    import pickle
-
-    from filelock import FileLock
-
-    path = tmp_path_factory.getbasetemp().parent / f"{name}.pkl".replace(":", "-")
-    with FileLock(f"{path}.lock"):
-        if path.exists():
-            return pickle.loads(path.read_bytes())
-        built = build()
-        path.write_bytes(pickle.dumps(built))
-        return built
-
-
 @pytest.fixture(scope="session")
 def built_once(tmp_path_factory):
-    """``built_once(name, build)``: ``build()``'s result, built by one parallel worker and
-    loaded by the others (for module fixtures whose fit is slow: a module's tests may run on
-    both workers, and each would fit its own copy). ``name`` must say everything ``build``
+    """``built_once(name, build)``: ``build()``'s result, built once per test run. Parallel
+    workers (make test) share it through the run's common temporary folder: the first worker
+    to need it builds and pickles it, the others wait for it and load it (a pickled estimator
+    samples and scores bit for bit the same), so a slow fit whose tests land on both workers
+    is not fitted twice. Without workers, ``build()``. ``name`` must say everything ``build``
     depends on (e.g. the device)."""
-    return lambda name, build: _built_once(tmp_path_factory, name, build)
+
+    def get(name: str, build):
+        if not os.environ.get("PYTEST_XDIST_WORKER"):
+            return build()
+        import pickle
+
+        from filelock import FileLock
+
+        path = tmp_path_factory.getbasetemp().parent / f"{name}.pkl".replace(":", "-")
+        with FileLock(f"{path}.lock"):
+            if path.exists():
+                return pickle.loads(path.read_bytes())
+            built = build()
+            path.write_bytes(pickle.dumps(built))
+            return built
+
+    return get
 
 
 @pytest.fixture(scope="session", params=["score", "flow"])
-def fitted(request, device, tmp_path_factory):
+def fitted(request, device, built_once):
     """A small model of each method fitted once on the seed task, shared by the test files."""
     key = (request.param, str(device))
     if key in _FITTED:
@@ -130,7 +128,7 @@ def fitted(request, device, tmp_path_factory):
             torch.equal(now_state[k], state[k]) for k in state
         ), "a test changed the shared fitted fixture (copy it before changing it)"
         return est
-    est = _built_once(tmp_path_factory, f"fitted-{request.param}-{device}",
-                      lambda: _fit_seed_model(request.param, device))
+    est = built_once(f"fitted-{request.param}-{device}",
+                     lambda: _fit_seed_model(request.param, device))
     _FITTED[key] = est, _fingerprint(est)
     return est
