@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
+import re
+import time
 import warnings
 from numbers import Integral, Real
 from typing import Any
@@ -81,6 +84,11 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         :class:`~skformer.training.TrainConfig`): ``ema_decay``, ``warmup_fraction``,
         ``weight_decay``, ``clip_norm``, ``validation_rows``, ``cuda_graphs``, e.g.
         ``{"ema_decay": 0.999}``; unknown names raise a ValueError in ``fit``.
+        ``{"checkpoint_dir": "ckpt"}`` makes a long fit resumable: ``fit`` saves its training
+        state there every ``checkpoint_interval`` seconds (60), and the same fit started again
+        after being killed or interrupted (same data, parameters and int ``random_state``)
+        goes on from the last save to the same weights; a fit that ends removes its file
+        (see ``docs/speed.md``). ``partial_fit`` ignores it.
     variables : list of int, list of lists of int, dict or None, default=None
         How 2-D columns group into variables, the units that masks address: sizes of consecutive
         groups (``[3, 3]``), lists of column indexes, or a dict naming them: ``{name: size}``
@@ -267,6 +275,11 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
     n_iter_ : int
         Epochs run (``partial_fit`` calls count one each), over every fit a warm start
         continued.
+    training_time_ : float
+        Seconds the training loop ran, over the same fits and calls as ``n_iter_``; for a fit
+        resumed from a checkpoint (``training_options["checkpoint_dir"]``), the processes
+        before the resume included. (Absent from an estimator saved by an earlier skformer
+        until it is fitted again.)
     converged_ : bool
         Whether the validation loss settled before ``max_epochs``.
     n_features_in_ : int
@@ -717,10 +730,15 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
             self.batch_size_ = max(1, self.batch_size_ // group.world)
         _check_step_memory(model, min(self.batch_size_, x_train.shape[0]), device)
         config = self._train_config(model)
+        if config.checkpoint_dir is not None and (not isinstance(self.random_state, Integral)
+                                                  or isinstance(self.random_state, bool)):
+            raise ValueError(
+                "training_options['checkpoint_dir'] needs an int random_state (got "
+                f"{self.random_state!r}): a fit resumes only the same fit, seeds included.")
         model.marginal_fraction = config.marginal_fraction
         network, result = train(model.network, model.dynamics, x_train, x_val, masks,
                                 validation_masks, config, seeds, group, keep_start=warm,
-                                p_train=p_train, p_val=p_val)
+                                p_train=p_train, p_val=p_val, identity=self._identity())
         model.network = network
         self.model_ = model.requires_grad_(False).eval()
         self._record(result, continued=warm)
@@ -728,6 +746,25 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         if group is None or group.is_main:
             self._warn_about(result, has_validation=x_val is not None)
         return result
+
+    def _identity(self) -> str:
+        """What, besides the rows, seeds and starting weights, makes a fit this fit: its
+        parameters (not those that only say how to run it), for a checkpoint's fingerprint."""
+        skip = ("verbose", "n_threads", "device", "training_options")
+
+        def plain(v):  # arrays whole (repr elides long ones), containers item by item
+            if isinstance(v, np.ndarray):
+                return ("array", v.dtype.str, v.shape,
+                        hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest())
+            if isinstance(v, (list, tuple)):
+                return [plain(x) for x in v]
+            if isinstance(v, dict):
+                return sorted((str(k), plain(x)) for k, x in v.items())
+            return v
+
+        params = sorted((k, plain(v)) for k, v in self.get_params(deep=False).items()
+                        if k not in skip)
+        return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(params))  # no addresses: same in a rerun
 
     def _continued(self, fresh: SimformerModel, table: PositionTable | None) -> SimformerModel:
         """A trainable copy of the fitted model, to continue training (warm start,
@@ -894,7 +931,10 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         self._note_missing(model, X, keep=not first)
         p = None if P is None else model.positions.columns(
             layout, torch.as_tensor(P).to(model.device))
+        started = time.perf_counter()
         loss = trainer.pass_over(model.standardiser(torch.as_tensor(X).to(model.device)), p)
+        self.training_time_ = (time.perf_counter() - started
+                               + (0.0 if first else self.__dict__.get("training_time_", 0.0)))
         model.network = copy.deepcopy(trainer.ema)
         self.model_ = model.requires_grad_(False).eval()
         self._partial = trainer
@@ -1084,6 +1124,8 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         """The fit's history; ``continued`` (a warm start) appends it to the earlier fits'."""
         self.n_training_rows_ = result.n_rows
         self.converged_ = result.converged
+        self.training_time_ = result.seconds + (self.__dict__.get("training_time_", 0.0)
+                                                if continued else 0.0)
         if not continued:
             self.loss_curve_ = result.loss_curve
             self.validation_scores_ = result.validation_scores

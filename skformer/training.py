@@ -10,14 +10,18 @@ global torch RNG is never used.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import math
+import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from skformer._utils import FitSeeds, make_generator
+from skformer.checkpoint import Checkpoint, fingerprint
 from skformer.distributed import Group
 from skformer.network import MISSING, OBSERVED, float32
 
@@ -69,6 +73,12 @@ class TrainConfig:
     clipping, AdamW) once as a CUDA graph and replay it: at these model sizes the eager step is
     bound by Python and kernel launches, not by the card. Falls back to eager steps, with a
     warning, if recording fails."""
+    checkpoint_dir: str | os.PathLike | None = None
+    """A directory where :func:`train` saves its state (see :mod:`skformer.checkpoint`), so
+    that the same fit started again after being cut off resumes from its last save; None saves
+    nothing."""
+    checkpoint_interval: float = 60.0
+    """Seconds between two saves (at the end of an epoch); 0 saves after every epoch."""
 
     def check(self) -> None:
         """ValueError naming the first setting out of its range."""
@@ -87,6 +97,10 @@ class TrainConfig:
             "cuda_graphs": ("True or False", lambda v: isinstance(v, bool)),
             "subset_fraction": ("a number in [0, 1]", lambda v: number(v) and 0 <= v <= 1),
             "mixed_fraction": ("a number in [0, 1]", lambda v: number(v) and 0 <= v <= 1),
+            "checkpoint_dir": ("None or a directory path (str or os.PathLike)",
+                               lambda v: v is None or (isinstance(v, (str, os.PathLike))
+                                                       and str(v) != "")),
+            "checkpoint_interval": ("a number >= 0", lambda v: number(v) and v >= 0),
         }
         for name, (expected, good) in rules.items():
             if not good(getattr(self, name)):
@@ -110,6 +124,12 @@ class TrainResult:
     the untrained network's, or with ``keep_start`` the weights training started from."""
     n_rows: int = 0
     """Training rows this process trained on (its share, under data-parallel)."""
+    seconds: float = 0.0
+    """Wall time of the training loop, over every process of a resumed fit."""
+    resumed_epoch: int = 0
+    """The epoch this run resumed at from a checkpoint (0: it started afresh)."""
+    earlier_seconds: float = 0.0
+    """Of :attr:`seconds`, those of the processes before this one (a resumed fit)."""
 
 
 EXPLOSION = 10.0
@@ -168,6 +188,7 @@ def train(
     keep_start: bool = False,
     p_train: torch.Tensor | None = None,
     p_val: torch.Tensor | None = None,
+    identity: str = "",
 ) -> tuple[torch.nn.Module, TrainResult]:
     """Fit ``network`` by the dynamics' loss; return the kept (EMA) network and the history.
 
@@ -198,8 +219,26 @@ def train(
     ``p_train``, ``p_val`` (a network that embeds positions): each row's token positions,
     tensors of shape (n, tokens, position_dim), NaN for a token without one; they follow their
     rows into every batch and reach the network as its ``positions``.
+
+    Checkpoints (``config.checkpoint_dir``, single process only): the loop saves its whole
+    state every ``config.checkpoint_interval`` seconds at the end of an epoch, and a call for
+    the same fit (same rows, settings, seeds, starting weights and ``identity``, the caller's
+    description of what else makes the fit) resumes from the saved epoch, ending with the
+    weights an uninterrupted call would have. A call that ends (by stopping early, at
+    ``max_epochs`` or by diverging) removes the file; an interrupted or killed one leaves it.
     """
+    started = time.perf_counter()
     device = x_train.device
+    checkpoint = None
+    if config.checkpoint_dir is not None:
+        if group is not None:
+            raise ValueError("checkpoint_dir works in one process; data-parallel training "
+                             "(torchrun) cannot resume from a checkpoint.")
+        settings = {k: v for k, v in dataclasses.asdict(config).items()
+                    if k not in ("verbose", "checkpoint_dir", "checkpoint_interval")}
+        checkpoint = Checkpoint(config.checkpoint_dir, fingerprint(
+            identity, settings, dataclasses.asdict(seeds), keep_start, device.type,
+            network.state_dict(), x_train, x_val, p_train, p_val), config.checkpoint_interval)
     if group is not None:
         x_train = group.share(x_train)
         x_val = None if x_val is None else group.share(x_val)
@@ -237,14 +276,48 @@ def train(
         if val is not None:
             best_score = result.untrained_score
     first_loss = None
-    step = 0
+    step = start_epoch = 0
+    earlier_seconds = 0.0
+    saved = None if checkpoint is None else checkpoint.load()
+    if saved is not None:
+        network.load_state_dict(saved["network"])
+        ema.load_state_dict(saved["ema"])
+        step_fn.opt.load_state_dict(saved["optimizer"])
+        shuffle_gen.set_state(saved["shuffle"])
+        noise_gen.set_state(saved["noise"])
+        if saved["masks"] is not None:
+            masks.set_state(saved["masks"])
+        step, start_epoch = saved["step"], saved["epoch"]
+        best_score, best_state = saved["best_score"], saved["best_state"]
+        since_best = saved["since_best"]
+        first_loss = torch.tensor(saved["first_loss"], device=device)
+        earlier_seconds = saved["seconds"]
+        result = TrainResult(**{**saved["result"], "resumed_epoch": start_epoch,
+                                "earlier_seconds": earlier_seconds})
+
+    def snapshot(epoch: int) -> dict:
+        """Everything the loop needs to go on at ``epoch`` (saved as it is, no copies)."""
+        return {"network": network.state_dict(), "ema": ema.state_dict(),
+                "optimizer": step_fn.opt.state_dict(), "shuffle": shuffle_gen.get_state(),
+                "noise": noise_gen.get_state(),
+                "masks": masks.get_state() if hasattr(masks, "get_state") else None,
+                "step": step, "epoch": epoch, "best_score": best_score,
+                "best_state": best_state, "since_best": since_best,
+                "first_loss": float(first_loss), "result": dataclasses.asdict(result),
+                "seconds": earlier_seconds + time.perf_counter() - started}
+
     bar = None
     if config.verbose and (group is None or group.is_main):
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=config.max_epochs, desc="training", unit="epoch")
+        bar = tqdm(total=config.max_epochs, initial=start_epoch, desc="training",
+                   unit="epoch")
+        if start_epoch:
+            bar.write(f"resuming at epoch {start_epoch} from {checkpoint.path}")
     try:
-        for epoch in range(config.max_epochs):
+        for epoch in range(start_epoch, config.max_epochs):
+            if checkpoint is not None and epoch > start_epoch and checkpoint.due():
+                checkpoint.save(snapshot(epoch))
             network.train()
             perm = torch.randperm(n, generator=shuffle_gen, device=device)
             running = torch.zeros((), device=device)
@@ -293,6 +366,9 @@ def train(
     finally:
         if bar is not None:
             bar.close()
+    result.seconds = earlier_seconds + time.perf_counter() - started
+    if checkpoint is not None and not result.interrupted:
+        checkpoint.remove()  # the fit is over, however it ended
     if (result.diverged is not None and not keep_start
             and not best_score < result.untrained_score):
         raise ValueError(

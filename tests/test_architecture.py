@@ -21,6 +21,7 @@ LAYERS = {
     "skformer.dynamics.compose": 2,
     "skformer.guidance": 2, "skformer.training": 2, "skformer.masks": 2, "skformer.layout": 2,
     "skformer.graph": 2, "skformer.distributed": 2, "skformer.positions": 2,
+    "skformer.checkpoint": 2,
     "skformer._utils": 3, "skformer._version": 3, "skformer._legacy": 3,
     "skformer.persistence": 3, "skformer.persistence.codec": 3,
     "skformer.persistence.container": 3,
@@ -95,7 +96,7 @@ def test_scikit_learn_and_pandas_stay_at_the_top(module):
 @pytest.mark.parametrize("module", ["skformer.network", "skformer.dynamics.base",
                                     "skformer.dynamics.score", "skformer.dynamics.flow",
                                     "skformer.dynamics.solvers", "skformer.dynamics.compose",
-                                    "skformer.training"])
+                                    "skformer.training", "skformer.checkpoint"])
 def test_network_dynamics_and_loop_know_no_numpy(module):
     assert "numpy" not in {n.split(".")[0] for n in _imports(MODULES[module])}, module
 

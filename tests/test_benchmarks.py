@@ -349,6 +349,39 @@ def test_also_steps_scores_the_same_fit_with_other_solver_steps(tmp_path):
     assert len(_rows(out)) == 2  # resumable like the default rows
 
 
+def test_checkpoint_dir_resumes_a_killed_fit_and_counts_its_time(tmp_path, monkeypatch):
+    from skformer.checkpoint import Checkpoint
+
+    class Killed(BaseException):
+        pass
+
+    original = Checkpoint.save
+
+    def save_then_die(self, state):
+        original(self, state)
+        raise Killed
+
+    ckpt, out = tmp_path / "ckpt", tmp_path / "resumed.csv"
+    args = ["--quick", "--methods", "skformer_score", "--checkpoint-dir", str(ckpt),
+            "--out", str(out)]
+    monkeypatch.setattr(Checkpoint, "due", lambda self: True)
+    monkeypatch.setattr(Checkpoint, "save", save_then_die)
+    with pytest.raises(Killed):  # the run dies after epoch 1's save, before any row
+        main(args)
+    assert not out.exists() or _rows(out) == []
+    (saved,) = ckpt.glob("fit-*.pt")
+    import torch
+
+    earlier = torch.load(saved, weights_only=True)["seconds"]
+    monkeypatch.setattr(Checkpoint, "save", original)
+    main(args)
+    (row,) = _rows(out)
+    assert float(row["train_s"]) > earlier > 0  # the killed run's training counts
+    assert row["config"] == "quick"  # the directory is not a setting
+    assert row["status"] == "ok" and row["epochs"] == "3" and row["c2st"]
+    assert list(ckpt.glob("fit-*.pt")) == []  # (tests/test_checkpoint.py: the same weights)
+
+
 def test_report_gives_training_time_as_a_multiple_of_npe_per_budget(quick_csv, tmp_path):
     from harness.report import write_report
 

@@ -42,6 +42,7 @@ def test_warm_start_continues_from_the_fitted_weights_and_improves_them(trained)
     # the histories continue; the first new epoch trains at the fitted level, not from scratch
     assert est.n_iter_ == 8 + 6 and len(est.loss_curve_) == 14
     assert len(est.validation_scores_) == 14
+    assert est.training_time_ > trained.training_time_ > 0  # so does the training time
     assert est.loss_curve_[8] < 0.75 * trained.loss_curve_[0]
     assert abs(est.loss_curve_[8] - trained.loss_curve_[-1]) < 0.1
     np.testing.assert_array_equal(est.mean_, mean)  # the first fit's standardiser stays
@@ -134,6 +135,7 @@ def test_partial_fit_continues_a_fitted_model(trained):
     est = pickle.loads(pickle.dumps(trained))
     est.partial_fit(seed_task(512, seed=5))
     assert est.n_iter_ == trained.n_iter_ + 1
+    assert est.training_time_ > trained.training_time_
     # a trained network's loss, not an untrained one's (whose first epoch was loss_curve_[0])
     assert est.loss_curve_[-1] < 0.75 * trained.loss_curve_[0]
     np.testing.assert_array_equal(est.mean_, trained.mean_)

@@ -48,6 +48,8 @@ class Settings:
     exchangeable: bool = False
     #: declare the posterior split to skformer (False: its masks serve every conditional)
     split: bool = True
+    #: skformer saves its training state here, and a fit cut off resumes (not in the config)
+    checkpoint_dir: str | None = None
 
 
 @dataclass
@@ -162,7 +164,8 @@ def fit_skformer(task: Task, theta, x, seed: int, variables: str = "task",
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         est.fit(X)
-    elapsed = time.perf_counter() - start
+    # a fit resumed from a checkpoint: its training time includes the earlier processes'
+    elapsed = max(time.perf_counter() - start, est.training_time_)
     est.set_params(posterior_latent=evaluate["posterior_latent"],
                    posterior_observed=evaluate["posterior_observed"])  # inference only
     return est, elapsed
@@ -180,6 +183,9 @@ class SkformerRunner(Runner):
         if settings.max_epochs is not None:
             kwargs["max_epochs"] = settings.max_epochs
         kwargs.update(settings.skformer or {})
+        if settings.checkpoint_dir is not None:
+            kwargs["training_options"] = {**(kwargs.get("training_options") or {}),
+                                          "checkpoint_dir": settings.checkpoint_dir}
         est, train_s = fit_skformer(task, theta, x, seed, variables=settings.variables,
                                     missing=settings.missing, dag=settings.dag,
                                     exchangeable=settings.exchangeable,

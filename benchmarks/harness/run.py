@@ -166,6 +166,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--also-steps", type=int, nargs="+", default=[], metavar="N",
                     help="skformer methods: also sample each fitted model with N solver steps "
                          "(rows with config +sampling_steps=N, same training)")
+    ap.add_argument("--checkpoint-dir", default=None, metavar="DIR",
+                    help="skformer methods save their training state in DIR every minute, and "
+                         "a fit cut off (a killed run, a session's end) resumes from it when "
+                         "the same command runs again; not part of the config column")
     ap.add_argument("--device", default=None,
                     help="torch device for every method; default cuda when present, else cpu")
     ap.add_argument("--threads", type=int, default=None,
@@ -429,7 +433,7 @@ def _run(args: argparse.Namespace) -> Path:
     settings = Settings(device=args.device, quick=args.quick, max_epochs=args.max_epochs,
                         skformer=_skformer_params(args.skformer), variables=args.variables,
                         missing=args.missing, dag=args.dag, split=not args.no_split,
-                        exchangeable=args.exchangeable)
+                        exchangeable=args.exchangeable, checkpoint_dir=args.checkpoint_dir)
     where = machine()
     stamp = lambda: datetime.now(timezone.utc).isoformat(timespec="seconds")  # noqa: E731
 
