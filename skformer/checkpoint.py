@@ -99,6 +99,10 @@ class Checkpoint:
     def due(self) -> bool:
         return time.monotonic() - self._last >= self.interval
 
+    def postpone(self) -> None:
+        """Count the interval from now (after a failed save)."""
+        self._last = time.monotonic()
+
     def save(self, state: dict) -> None:
         """Write ``state`` (with the fingerprint) atomically: a reader, or a process killed
         mid-write, sees the old file or the new one, never half of one."""

@@ -317,7 +317,7 @@ def train(
     try:
         for epoch in range(start_epoch, config.max_epochs):
             if checkpoint is not None and epoch > start_epoch and checkpoint.due():
-                checkpoint.save(snapshot(epoch))
+                _save(checkpoint, snapshot(epoch))
             network.train()
             perm = torch.randperm(n, generator=shuffle_gen, device=device)
             running = torch.zeros((), device=device)
@@ -381,6 +381,19 @@ def train(
         raise ValueError("training produced non-finite weights.")
     ema.eval()
     return ema, result
+
+
+def _save(checkpoint: Checkpoint, state: dict) -> None:
+    """Save, or warn and train on: a full disk must not end the fit it is meant to keep."""
+    try:
+        checkpoint.save(state)
+    except OSError as err:
+        import warnings
+
+        checkpoint.postpone()
+        warnings.warn(f"saving the checkpoint {checkpoint.path} failed ({err}); training goes "
+                      "on, and tries again after checkpoint_interval seconds.", RuntimeWarning,
+                      stacklevel=3)
 
 
 class PartialTrainer:

@@ -141,6 +141,19 @@ def test_saving_changes_nothing_and_every_fit_has_its_own_file(data, reference, 
     assert list(tmp_path.glob("fit-*.pt")) == []
 
 
+def test_a_save_that_fails_warns_and_the_fit_goes_on(data, reference, tmp_path,
+                                                     monkeypatch):
+    def disk_full(obj, fh):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    est = small(tmp_path)
+    with pytest.warns(RuntimeWarning, match="No space left.*training goes on"):
+        est.fit(data)
+    assert_same_fit(est, reference)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_checkpoint_needs_an_int_random_state(data, tmp_path):
     est = small(tmp_path, random_state=None)
     with pytest.raises(ValueError, match="int random_state"):
