@@ -282,7 +282,10 @@ def train(
     if saved is not None:
         network.load_state_dict(saved["network"])
         ema.load_state_dict(saved["ema"])
+        lrs = [g["lr"] for g in step_fn.opt.param_groups]  # a CUDA graph's lr is a tensor
         step_fn.opt.load_state_dict(saved["optimizer"])
+        for g, lr in zip(step_fn.opt.param_groups, lrs, strict=True):
+            g["lr"] = lr  # (each step sets its value)
         shuffle_gen.set_state(saved["shuffle"])
         noise_gen.set_state(saved["noise"])
         if saved["masks"] is not None:

@@ -33,12 +33,19 @@ def weights(est) -> dict:
 
 
 def assert_same_fit(a, b) -> None:
+    """Bit for bit on a CPU; on a GPU, where replaying a recorded CUDA graph and eager steps
+    may round differently, to float32 rounding."""
     wa, wb = weights(a), weights(b)
     assert wa.keys() == wb.keys()
+    exact = a.device_.type == "cpu"
     for k in wa:
-        assert torch.equal(wa[k], wb[k]), k
-    assert a.loss_curve_ == b.loss_curve_
-    assert a.validation_scores_ == b.validation_scores_
+        assert torch.equal(wa[k], wb[k]) if exact else torch.allclose(
+            wa[k], wb[k], rtol=1e-4, atol=1e-5), k
+    for curve in ("loss_curve_", "validation_scores_"):
+        if exact:
+            assert getattr(a, curve) == getattr(b, curve)
+        else:
+            np.testing.assert_allclose(getattr(a, curve), getattr(b, curve), rtol=1e-4)
     assert (a.n_iter_, a.best_epoch_, a.converged_) == (b.n_iter_, b.best_epoch_, b.converged_)
 
 
@@ -67,18 +74,19 @@ def data():
 
 
 @pytest.fixture(scope="module")
-def reference(data):
-    """The same fit without a checkpoint, start to end."""
-    est = small().fit(data)
+def reference(data, device):
+    """The same fit without a checkpoint, start to end, on the test device (``--device
+    cuda``: the training step is a CUDA graph, its learning rate a tensor)."""
+    est = small(device=device).fit(data)
     assert est.converged_ and 8 <= est.n_iter_ < SMALL["max_epochs"]  # stopped early
     assert est.best_epoch_ > 4  # and kept an epoch after the saves the tests resume from
     return est
 
 
 def test_a_killed_fit_resumes_to_the_weights_of_an_uninterrupted_one(data, reference, tmp_path,
-                                                                     monkeypatch):
+                                                                     monkeypatch, device):
     saves = kill_after_saves(monkeypatch, 3)
-    est = small(tmp_path)
+    est = small(tmp_path, device=device)
     with pytest.raises(Killed):
         est.fit(data)
     assert saves == [1, 2, 3]
@@ -92,7 +100,8 @@ def test_a_killed_fit_resumes_to_the_weights_of_an_uninterrupted_one(data, refer
     assert list(tmp_path.iterdir()) == []  # a finished fit removes its file
 
 
-def test_an_interrupted_fit_resumes_from_its_last_save(data, reference, tmp_path, monkeypatch):
+def test_an_interrupted_fit_resumes_from_its_last_save(data, reference, tmp_path, monkeypatch,
+                                                       device):
     """Ctrl-C keeps the best weights so far and the last save; the next fit goes on."""
     calls = {"n": 0}
     original = training.lr_factor
@@ -104,7 +113,7 @@ def test_an_interrupted_fit_resumes_from_its_last_save(data, reference, tmp_path
         return original(step, total, warmup)
 
     monkeypatch.setattr(training, "lr_factor", interrupt_in_epoch_five)
-    est = small(tmp_path)
+    est = small(tmp_path, device=device)
     with pytest.warns(RuntimeWarning, match="interrupted"), pytest.raises(KeyboardInterrupt):
         est.fit(data)
     assert est.n_iter_ == 4
@@ -114,10 +123,10 @@ def test_an_interrupted_fit_resumes_from_its_last_save(data, reference, tmp_path
 
 
 def test_saving_changes_nothing_and_every_fit_has_its_own_file(data, reference, tmp_path,
-                                                                 monkeypatch):
+                                                                 monkeypatch, device):
     kill_after_saves(monkeypatch, 2)
     with pytest.raises(Killed):
-        small(tmp_path).fit(data)
+        small(tmp_path, device=device).fit(data)
     first = sorted(tmp_path.glob("fit-*.pt"))
     monkeypatch.undo()
     # other data, another setting, another seed: each a fit of its own, started afresh
@@ -133,7 +142,7 @@ def test_saving_changes_nothing_and_every_fit_has_its_own_file(data, reference, 
     assert repr(a) == repr(b)
     assert small(condition_masks=a)._identity() != small(condition_masks=b)._identity()
     # how to run it (verbosity, threads, the interval) is not what makes the fit
-    est = small(tmp_path, verbose=1, n_threads=1)
+    est = small(tmp_path, verbose=1, n_threads=1, device=device)
     est.set_params(training_options={"ema_decay": "auto", "checkpoint_dir": str(tmp_path),
                                      "checkpoint_interval": 3600})
     est.fit(data)
@@ -142,12 +151,12 @@ def test_saving_changes_nothing_and_every_fit_has_its_own_file(data, reference, 
 
 
 def test_a_save_that_fails_warns_and_the_fit_goes_on(data, reference, tmp_path,
-                                                     monkeypatch):
+                                                     monkeypatch, device):
     def disk_full(obj, fh):
         raise OSError("No space left on device")
 
     monkeypatch.setattr(torch, "save", disk_full)
-    est = small(tmp_path)
+    est = small(tmp_path, device=device)
     with pytest.warns(RuntimeWarning, match="No space left.*training goes on"):
         est.fit(data)
     assert_same_fit(est, reference)
