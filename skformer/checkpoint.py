@@ -69,6 +69,8 @@ class Checkpoint:
 
     def __init__(self, directory, key: str, interval: float):
         self.directory = Path(directory)
+        if self.directory.exists() and not self.directory.is_dir():
+            raise ValueError(f"checkpoint_dir {str(directory)!r} is a file, not a directory.")
         self.key = key
         self.path = self.directory / f"fit-{key[:24]}.pt"
         self.interval = float(interval)

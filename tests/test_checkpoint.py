@@ -184,6 +184,14 @@ def test_bad_checkpoint_options_are_refused(data, options, match, tmp_path):
     assert "model_" not in est.__dict__
 
 
+def test_a_directory_that_is_a_file_is_refused(data, tmp_path):
+    (tmp_path / "taken").write_text("")
+    est = small(tmp_path / "taken")
+    with pytest.raises(ValueError, match="is a file, not a directory"):
+        est.fit(data)
+    assert "model_" not in est.__dict__
+
+
 def test_an_unreadable_or_foreign_file_is_a_clear_error_and_is_kept(data, tmp_path,
                                                                      monkeypatch):
     kill_after_saves(monkeypatch, 1)
