@@ -95,6 +95,8 @@ def run_one(setting: str, budget: int, seed: int) -> list[dict]:
     X = simulate(budget, seed)
     if setting == "reflect":
         support, X = "truncate", reflected(X, 3, seed)
+    if setting == "fold":
+        support = "truncate"
     est = SimformerEstimator(variables=[2, 2], bounds={"v0": (0.0, 1.0)}, support=support,
                              random_state=seed, device="cpu", n_threads=1)
     start = time.perf_counter()
