@@ -8,6 +8,8 @@ columns. It never changes the estimator that made it.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import torch
 
@@ -21,7 +23,7 @@ from skformer._utils import (
 )
 from skformer.dynamics.solvers import ODE_SOLVERS, SOLVERS, network_calls
 from skformer.guidance import parse_constraints, sample_satisfying
-from skformer.model import SimformerModel
+from skformer.model import SimformerModel, fold_into
 
 __all__ = ["Conditional"]
 
@@ -140,6 +142,12 @@ class Conditional:
         apply. Columns that the model learnt in a box (``support="transform"``) stay in it
         without rejection, :meth:`log_prob` is ``-inf`` outside it, and observed values
         outside it are refused; bounds that contain that box add nothing.
+    support : {"truncate", "fold"}, default="truncate"
+        How ``bounds`` are kept (the estimator's ``support``): the model's conditional
+        truncated to them, or its samples outside folded back in, reflected at the edge they
+        crossed, with :meth:`log_prob` the density of the folded samples (the model's at the
+        point plus at its mirror images across the edges near it). A model that learnt a box
+        truncates the bounds left over.
 
     Attributes
     ----------
@@ -159,7 +167,8 @@ class Conditional:
 
     def __init__(self, model: SimformerModel, condition_mask: np.ndarray, edge_mask=None, *,
                  returned: np.ndarray | None = None, solver: str = "dpm",
-                 sampling_steps: int = 20, log_prob_steps: int = 20, bounds=None):
+                 sampling_steps: int = 20, log_prob_steps: int = 20, bounds=None,
+                 support: str = "truncate"):
         self._model = model
         self.condition_mask = np.asarray(condition_mask, dtype=bool)
         self.edge_mask = edge_mask
@@ -178,7 +187,11 @@ class Conditional:
         self._edges = None if edge_mask is None else torch.as_tensor(edge_mask, device=device)
         self._returned = torch.as_tensor(self.latent_columns, device=device)
         self.bounds = bounds
-        self._mass: dict = {}  # observation -> its draws inside the bounds (log_prob)
+        if support not in ("truncate", "fold"):
+            raise ValueError(f"support must be 'truncate' or 'fold'; got {support!r}.")
+        # a model that learnt a box keeps it; bounds left over truncate
+        self.support = "truncate" if model.standardiser.bounded else support
+        self._mass: dict = {}  # observation -> the model's untruncated draws (log_prob)
         # bounds that the model's own box already keeps (it models those columns in the
         # logit of their box) need no rejection
         box = model.standardiser.box()
@@ -457,9 +470,11 @@ class Conditional:
             constraints, m.layout.column_names, self.observed_columns, centre, slope, warp)
         gen = make_generator(seed_from(random_state), m.device)
         rows, states = self._joint_rows(obs)
+        folding = self.support == "fold"
         x = m.sample(states, rows, n_samples, edges=self._edges, steps=steps,
                      solver=solver, generator=gen, guide=guide,
-                     support=self._support(centre, slope, warp))
+                     support=None if folding else self._support(centre, slope, warp),
+                     fold=self._fold_box(centre, slope) if folding else None)
         out = self._clip(to_numpy(x[..., self._returned]))  # float32 rounding at the edges
         return out if batched else out[0]
 
@@ -475,8 +490,13 @@ class Conditional:
                                 solver=solver, generator=gen, method=iid_method, prior=prior)
 
         zero = torch.zeros(m.n_columns, device=m.device)
-        support = self._support(zero, torch.ones_like(zero))  # sample_iid gives data units
-        x = draw(n_samples) if support is None else sample_satisfying(draw, support, n_samples)
+        if self.support == "fold":  # sample_iid gives data units
+            fold = self._fold_box(zero, torch.ones_like(zero))
+            x = fold_into(draw(n_samples), fold)
+        else:
+            support = self._support(zero, torch.ones_like(zero))
+            x = (draw(n_samples) if support is None
+                 else sample_satisfying(draw, support, n_samples))
         out = to_numpy(x[:, self._returned])
         if not np.isfinite(out).all():
             cause = ("the prior given (its score is not finite there: check its parameters)"
@@ -573,13 +593,16 @@ class Conditional:
             With ``bounds`` on latent columns that the model does not keep itself (the default
             ``support="truncate"``, one-sided bounds, bounds set after the fit): the model's
             conditional truncated to the bounds is renormalised, so the density inside
-            integrates to one. Its mass inside, per observation, is the share of
+            integrates to one (a folded density, ``support="fold"``, integrates to one as it
+            is; this flag does not apply to it). Its mass inside, per observation, is the share of
             ``mass_draws`` of its (untruncated) samples that fall inside, over the columns
             present in the row (a NaN entry is left out); it is kept for the next calls with
             the same observation. False: the model's density as it is inside (it integrates
             to the mass inside, less than one), -inf outside either way.
         mass_draws : int, default=4000
-            Samples per observation that measure the mass inside the bounds (the standard
+            Samples per observation that measure the mass inside the bounds (with
+            ``support="fold"``: how deep the model's mass spills over each edge, which sets
+            the mirror images that count) (the standard
             error of its log is about ``sqrt((1 - p) / (p * mass_draws))`` for a mass ``p``:
             0.016 at p = 0.5).
 
@@ -616,12 +639,18 @@ class Conditional:
             gen = make_generator(seed_from(random_state), m.device)
             signs = torch.randint(0, 2, (n_probes, m.n_columns), generator=gen, device=m.device)
             probes = (2.0 * signs - 1.0) * (~self._condition).float()
-        rows, states = self._joint_rows(obs, v, density=True)
-        out = to_numpy(m.log_prob(states, rows, edges=self._edges, steps=steps,
-                                  solver=solver, probes=probes))
+        def density(obs, v):
+            rows, states = self._joint_rows(obs, v, density=True)
+            return to_numpy(m.log_prob(states, rows, edges=self._edges, steps=steps,
+                                       solver=solver, probes=probes))
+
+        if self._bounds and self.support == "fold":
+            out = self._folded_log_prob(density, obs, v, mass_draws, random_state)
+        else:
+            out = density(obs, v)
         if self._bounds:
             out[~self._inside(to_numpy(v))] = -np.inf
-            if normalise:
+            if normalise and self.support == "truncate":
                 finite = np.isfinite(out)
                 out[finite] -= self._log_mass(obs, to_numpy(v), mass_draws,
                                               random_state)[finite]
@@ -648,23 +677,9 @@ class Conditional:
         """Per row of ``values``: the log of the model's mass inside the bounds given the row's
         observation, over the bounded columns present in the row (not NaN), from ``draws``
         untruncated samples per distinct observation (kept in ``self._mass``)."""
-        m = self._model
-        seed = seed_from(random_state)
-        cache = self._mass
         o = to_numpy(obs)
-        inside_by_obs = []
-        for row in o:
-            key = (row.tobytes(), draws, seed, self.sampling_steps, self.solver)
-            if key not in cache:
-                self._check_rows(draws, 1, "mass_draws")
-                rows, states = self._joint_rows(torch.as_tensor(row[None], device=m.device))
-                x = to_numpy(m.sample(states, rows, draws, edges=self._edges,
-                                      steps=self.sampling_steps, solver=self.solver,
-                                      generator=make_generator(seed, m.device))[0])
-                cache[key] = self._inside_columns(x[:, self.latent_columns])
-                while len(cache) > MASS_CACHE:
-                    del cache[next(iter(cache))]
-            inside_by_obs.append(cache[key])
+        inside_by_obs = [self._inside_columns(self._draws(row, draws, random_state))
+                         for row in o]
         present = ~np.isnan(values[:, [j for j, _, _ in self._latent_bounds()]])
         group = np.arange(values.shape[0]) if len(o) > 1 else np.zeros(values.shape[0], int)
         # one share per (observation, columns present): rows that share both share it
@@ -679,6 +694,78 @@ class Conditional:
                 "its truncated density cannot be normalised. Raise mass_draws, or pass "
                 "normalise=False for the model's own density inside.")
         return np.log(share)
+
+    def _draws(self, row: np.ndarray, draws: int, random_state) -> np.ndarray:
+        """``draws`` of the model's untruncated samples of the latent columns (data units)
+        given one observation ``row``, seeded by ``random_state``; kept in ``self._mass``."""
+        m = self._model
+        seed = seed_from(random_state)
+        key = (row.tobytes(), draws, seed, self.sampling_steps, self.solver)
+        if key not in self._mass:
+            self._check_rows(draws, 1, "mass_draws")
+            rows, states = self._joint_rows(torch.as_tensor(row[None], device=m.device))
+            x = to_numpy(m.sample(states, rows, draws, edges=self._edges,
+                                  steps=self.sampling_steps, solver=self.solver,
+                                  generator=make_generator(seed, m.device))[0])
+            self._mass[key] = x[:, self.latent_columns]
+            while len(self._mass) > MASS_CACHE:
+                del self._mass[next(iter(self._mass))]
+        return self._mass[key]
+
+    def _fold_box(self, mean: torch.Tensor, scale: torch.Tensor):
+        """The bounds of the non-observed columns as ``(columns, low, high)`` in the units
+        that ``mean`` and ``scale`` standardise (for :func:`~skformer.model.fold_into`), or
+        None without bounds."""
+        if not self._bounds:
+            return None
+        cols = sorted(self._bounds)
+        low = torch.tensor([self._bounds[c][0] for c in cols], dtype=mean.dtype,
+                           device=mean.device)
+        high = torch.tensor([self._bounds[c][1] for c in cols], dtype=mean.dtype,
+                            device=mean.device)
+        idx = torch.as_tensor(cols, device=mean.device)
+        return idx, (low - mean[idx]) / scale[idx], (high - mean[idx]) / scale[idx]
+
+    def _folded_log_prob(self, density, obs: torch.Tensor, v: torch.Tensor, draws: int,
+                         random_state) -> np.ndarray:
+        """The log density of the folded samples at latent values ``v``: the log of the sum of
+        the model's density at ``v`` and at its mirror images across the edges it is near.
+        An edge counts for a value when its mirror lies no deeper beyond the edge than the
+        model's mass spills there (the deepest of ``draws`` untruncated draws per
+        observation); deeper mirrors hold less than one draw's share of the mass."""
+        values = to_numpy(v)
+        o = to_numpy(obs)
+        bounded = self._latent_bounds()
+        spill = {}  # observation index -> (bounded columns, 2) depth beyond low / high
+        for k, row in enumerate(o):
+            x = self._draws(row, draws, random_state)
+            spill[k] = np.array([[np.max(low - x[:, j], initial=0.0),
+                                  np.max(x[:, j] - high, initial=0.0)]
+                                 for j, low, high in bounded]).reshape(len(bounded), 2)
+        columns = [j for j, _, _ in bounded]
+        images, owner = [], []
+        for i, value in enumerate(values):
+            depth = spill[i if len(o) > 1 else 0]
+            choices = []
+            for b, (j, low, high) in enumerate(bounded):
+                here = [value[j]]  # a NaN entry compares False: no mirror
+                if 0 <= value[j] - low < depth[b, 0]:
+                    here.append(2 * low - value[j])
+                if 0 <= high - value[j] < depth[b, 1]:
+                    here.append(2 * high - value[j])
+                choices.append(here)
+            for combo in itertools.product(*choices):
+                image = value.copy()
+                image[columns] = combo
+                images.append(image)
+                owner.append(i)
+        owner = np.asarray(owner)
+        if len(o) > 1:
+            obs = obs[torch.as_tensor(owner, device=obs.device)]
+        dens = density(obs, torch.as_tensor(np.stack(images), device=v.device, dtype=v.dtype))
+        out = np.full(values.shape[0], -np.inf)
+        np.logaddexp.at(out, owner, dens)
+        return out
 
     def _latent_bounds(self) -> list[tuple[int, float, float]]:
         """``(j, low, high)`` for each bounded latent column (j: its position in

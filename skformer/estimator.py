@@ -137,7 +137,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         stays inside the bounds of its non-observed columns, ``log_prob`` and
         ``score_samples`` are ``-inf`` outside, and ``map`` stays inside. How, ``support``
         says.
-    support : {"truncate", "transform"}, default="truncate"
+    support : {"truncate", "transform", "fold"}, default="truncate"
         How ``bounds`` are kept. "truncate": the model is learnt in data units and each
         conditional is the model's truncated to the bounds, as sbi's posteriors are truncated
         to the prior's support: samples outside are redrawn, and inside a log density is
@@ -150,7 +150,12 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         is a proper density in data units (the transform's Jacobian included); one-sided
         bounds, and bounds set after the fit (narrower than the fit's), truncate on top. It
         wins where a posterior piles against an edge, and loses on two_moons and the seed task,
-        which is why it is not the default (docs/concepts.md).
+        which is why it is not the default (docs/concepts.md). "fold": the model is learnt in
+        data units, as with "truncate", and a conditional's samples outside the bounds are
+        reflected back in at the edge they crossed instead of redrawn (where the network
+        smoothed a cut edge, the mass it spilled over belongs just inside); a log density is
+        that of the folded samples, the model's at the point plus at its mirror images across
+        the edges near it, and integrates to one without renormalising.
     tokens : {"column", "variable", "auto"} or int, default="column"
         How columns are grouped for the Transformer's middle blocks: one token per scalar
         column (the Simformer paper's choice), one per variable, each variable cut into tokens
@@ -318,7 +323,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         "posterior_observed": [None, "array-like",
                                Interval(Integral, None, None, closed="neither")],
         "bounds": [None, dict],
-        "support": [StrOptions({"transform", "truncate"})],
+        "support": [StrOptions({"transform", "truncate", "fold"})],
         "tokens": [StrOptions({"column", "variable", "auto"}),
                    Interval(Integral, 1, None, closed="left")],
         # the loaders' limits (MAX_ARCHITECTURE): whatever fit accepts, load restores
@@ -1170,7 +1175,8 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         return Conditional(self.model_ if model is None else model, condition_columns,
                            edge_columns, returned=returned, solver=self.solver,
                            sampling_steps=self.sampling_steps,
-                           log_prob_steps=self.log_prob_steps, bounds=self.bounds)
+                           log_prob_steps=self.log_prob_steps, bounds=self.bounds,
+                           support={"transform": "truncate"}.get(self.support, self.support))
 
     def _at(self, positions) -> SimformerModel:
         """The fitted model over the tokens ``positions`` asks for (see

@@ -295,6 +295,28 @@ class Standardiser(nn.Module):
                 for c in boxed.nonzero().flatten().tolist()}
 
 
+def fold_into(x: torch.Tensor, fold: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
+              ) -> torch.Tensor:
+    """``x`` (rows, columns) with each value of ``fold``'s columns that lies outside its
+    ``[low, high]`` reflected at the edge it crossed (again at the other edge, should that
+    land outside it): the mass a model spilled over an edge put back just inside it. None:
+    ``x`` as it is."""
+    if fold is None:
+        return x
+    columns, low, high = fold
+    low, high = low.to(x.dtype), high.to(x.dtype)
+    v = x[:, columns]
+    for _ in range(16):  # a value 16 box widths out is folded in: more than any sample
+        below, above = v < low, v > high
+        if not bool((below | above).any()):
+            break
+        v = torch.where(below, 2 * low - v, v)
+        v = torch.where(v > high, 2 * high - v, v)
+    out = x.clone()
+    out[:, columns] = torch.minimum(torch.maximum(v, low), high)  # (16 folds: the edge)
+    return out
+
+
 class SimformerModel(nn.Module):
     """A fitted Simformer: masked Transformer, dynamics, standardiser and column layout.
 
@@ -492,7 +514,9 @@ class SimformerModel(nn.Module):
     def sample(self, states: torch.Tensor, values: torch.Tensor, n: int, *,
                edges: torch.Tensor | None = None, steps: int, solver: str,
                generator: torch.Generator, guide: LinearConstraints | None = None,
-               support: LinearConstraints | None = None) -> torch.Tensor:
+               support: LinearConstraints | None = None,
+               fold: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+               ) -> torch.Tensor:
         """``n`` joint samples per observation.
 
         Parameters
@@ -516,6 +540,9 @@ class SimformerModel(nn.Module):
         support : LinearConstraints or None
             A region in standard units that samples must lie in, by rejection alone (no
             guidance): the distribution truncated to it.
+        fold : (columns, low, high) or None
+            Bounds in standard units (``-inf`` / ``inf`` for an open side) that samples are
+            folded into (see :func:`fold`) before ``guide`` and ``support`` are checked.
 
         Returns
         -------
@@ -527,12 +554,14 @@ class SimformerModel(nn.Module):
         z = self._standard(states, values)
         region = intersect(guide, support)
         if region is None:
-            x = self._sample_standardised(states, z, n, edges, steps, solver, generator)
+            x = fold_into(self._sample_standardised(states, z, n, edges, steps, solver,
+                                                    generator), fold)
         else:
             def draw(groups, k):  # k samples for each observation listed in groups
                 i = torch.as_tensor(groups, device=z.device)
-                return self._sample_standardised(states[i], z[i], k, edges, steps, solver,
-                                                 generator, guide).view(len(i), k, -1)
+                return fold_into(self._sample_standardised(
+                    states[i], z[i], k, edges, steps, solver, generator, guide),
+                    fold).view(len(i), k, -1)
 
             x = sample_each_satisfying(draw, region, n, z.shape[0]).flatten(0, 1)
         return self.standardiser.inverse(x).view(z.shape[0], n, self.n_columns)

@@ -99,9 +99,67 @@ def test_truncated_log_prob_integrates_to_one():
     assert abs(np.exp(est.score_samples(grid[:, None])).sum() * step - 1) < 0.03
     raw = est.condition(np.zeros(1, dtype=bool)).log_prob(grid[:, None], normalise=False)
     assert np.exp(raw).sum() * step < 0.97
+    # folded (the same fit): the spilled mass is put back next to the edges, and the density
+    # of the folded draws integrates to one as it is
+    folded = np.exp(est.set_params(support="fold").score_samples(grid[:, None]))
+    assert abs(folded.sum() * step - 1) < 0.03
+    near_edges = (grid < 0.05) | (grid > 0.95)
+    assert folded[near_edges].mean() > np.exp(raw[near_edges]).mean() * 1.1
+    draws = est.sample(20000, random_state=0)[:, 0]
+    assert (draws >= 0).all() and (draws <= 1).all()
+    # the density is that of the folded draws: mass within 0.05 of an edge, both ways
+    assert abs(np.mean((draws < 0.05) | (draws > 0.95)) - folded[near_edges].sum() * step) \
+        < 0.02
+    est.set_params(support="truncate")
     with pytest.raises(ValueError, match="none of the 200 draws"):
         est.set_params(bounds={0: (5.0, 6.0)}).condition(np.zeros(1, dtype=bool)).log_prob(
             [[5.5]], mass_draws=200)
+
+
+def test_folded_samples_are_the_unbounded_draws_reflected_inside(fitted):
+    """support="fold": the same draws as the unbounded model's, those outside reflected at
+    the edge they crossed (here 1, and 0.35 from above for column 2): nothing redrawn."""
+    plain = fitted.posterior().sample(4000, observed=X_EDGE, random_state=1)
+    assert (plain[:, 0] > 1).mean() > 0.02 and (plain[:, 2] > 0.35).mean() > 0.1
+    est = bounded(fitted, {"v0": (-1.0, 1.0), 2: (-np.inf, 0.35)}).set_params(support="fold")
+    s = est.posterior().sample(4000, observed=X_EDGE, random_state=1)
+    expected = plain.copy()
+    expected[:, 0] = np.where(plain[:, 0] > 1, 2 - plain[:, 0], plain[:, 0])
+    expected[:, 2] = np.where(plain[:, 2] > 0.35, 0.7 - plain[:, 2], plain[:, 2])
+    np.testing.assert_allclose(s, expected, atol=1e-5)
+    assert (np.abs(s[:, 0]) <= 1).all() and (s[:, 2] <= 0.35).all()
+
+
+def test_folded_log_prob_adds_the_mirror_images_near_an_edge(fitted):
+    """At a value near the edge the folded density is the model's at the value plus at its
+    mirror image across the edge; far from the edge (deeper inside than any draw spilled
+    over it) it is the model's own; outside it is -inf."""
+    est = bounded(fitted, {"v0": (-1.0, 1.0)}).set_params(support="fold")
+    post, plain = est.posterior(), fitted.posterior()
+    theta = np.array([[0.97, -0.1, 0.3], [0.2, -0.1, 0.3], [1.01, -0.1, 0.3]])
+    lp = post.log_prob(theta, observed=X_EDGE)
+    mirror = theta[:1].copy()
+    mirror[0, 0] = 2 - mirror[0, 0]
+    own = plain.log_prob(theta[:2], observed=X_EDGE)
+    np.testing.assert_allclose(
+        lp[0], np.logaddexp(own[0], plain.log_prob(mirror, observed=X_EDGE)[0]), rtol=1e-6)
+    np.testing.assert_allclose(lp[1], own[1], rtol=1e-6)
+    assert np.isneginf(lp[2])
+    # rows are independent of each other and of how they are batched
+    np.testing.assert_allclose(post.log_prob(theta[[1, 0]], observed=X_EDGE), lp[[1, 0]],
+                               rtol=1e-6)
+
+
+def test_map_and_iid_samples_stay_inside_when_folded(fitted):
+    est = bounded(fitted, {"v0": (-1.0, 1.0), 2: (-np.inf, 0.35)}).set_params(support="fold")
+    post = est.posterior()
+    mode = post.map(observed=X_EDGE, random_state=0, n_iter=20)
+    assert (np.abs(mode) <= 1.0).all() and mode[2] <= 0.35
+    trials = X_EDGE + 0.05 * np.random.default_rng(0).standard_normal((2, 3))
+    s = post.sample(100, trials, iid=True, random_state=0)
+    assert (np.abs(s) <= 1.0).all() and (s[:, 2] <= 0.35).all()
+    with pytest.raises(ValueError, match="support"):
+        est.set_params(support="reflect").posterior()
 
 
 def test_map_and_iid_samples_stay_inside(fitted):
