@@ -743,7 +743,7 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         model.marginal_fraction = config.marginal_fraction
         network, result = train(model.network, model.dynamics, x_train, x_val, masks,
                                 validation_masks, config, seeds, group, keep_start=warm,
-                                p_train=p_train, p_val=p_val, identity=self._identity())
+                                p_train=p_train, p_val=p_val, identity=self._identity(model))
         model.network = network
         self.model_ = model.requires_grad_(False).eval()
         self._record(result, continued=warm)
@@ -752,9 +752,10 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
             self._warn_about(result, has_validation=x_val is not None)
         return result
 
-    def _identity(self) -> str:
+    def _identity(self, model: SimformerModel | None = None) -> str:
         """What, besides the rows, seeds and starting weights, makes a fit this fit: its
-        parameters (not those that only say how to run it), for a checkpoint's fingerprint."""
+        parameters (not those that only say how to run it) and the model's description (which
+        holds design constants that no parameter sets), for a checkpoint's fingerprint."""
         skip = ("verbose", "n_threads", "device", "training_options")
 
         def plain(v):  # arrays whole (repr elides long ones), containers item by item
@@ -762,14 +763,16 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
                 return ("array", v.dtype.str, v.shape,
                         hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest())
             if isinstance(v, (list, tuple)):
-                return [plain(x) for x in v]
+                return type(v)(plain(x) for x in v)
             if isinstance(v, dict):
-                return sorted((str(k), plain(x)) for k, x in v.items())
+                return {k: plain(x) for k, x in v.items()}
             return v
 
         params = sorted((k, plain(v)) for k, v in self.get_params(deep=False).items()
                         if k not in skip)
-        return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(params))  # no addresses: same in a rerun
+        described = None if model is None else model.describe()
+        # no addresses: the same in a rerun
+        return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(params) + repr(described))
 
     def _continued(self, fresh: SimformerModel, table: PositionTable | None) -> SimformerModel:
         """A trainable copy of the fitted model, to continue training (warm start,
