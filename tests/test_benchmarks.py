@@ -349,6 +349,16 @@ def test_also_steps_scores_the_same_fit_with_other_solver_steps(tmp_path):
     assert len(_rows(out)) == 2  # resumable like the default rows
 
 
+def test_also_support_scores_the_same_fit_with_its_bounds_folded(tmp_path):
+    out = tmp_path / "support.csv"
+    main(["--quick", "--methods", "skformer_score", "--skformer", "bounds=prior",
+          "--also-support", "fold", "--out", str(out)])
+    rows = _rows(out)
+    assert [r["config"] for r in rows] == ["quick+bounds=prior", "quick+bounds=prior+support=fold"]
+    assert rows[0]["train_s"] == rows[1]["train_s"] and rows[1]["status"] == "ok"
+    assert rows[1]["c2st"] and rows[1]["network_calls"] == rows[0]["network_calls"]
+
+
 def test_checkpoint_dir_resumes_a_killed_fit_and_counts_its_time(tmp_path, monkeypatch):
     from skformer.checkpoint import Checkpoint
 

@@ -166,6 +166,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--also-steps", type=int, nargs="+", default=[], metavar="N",
                     help="skformer methods: also sample each fitted model with N solver steps "
                          "(rows with config +sampling_steps=N, same training)")
+    ap.add_argument("--also-support", nargs="+", default=[], metavar="S",
+                    choices=["truncate", "fold"],
+                    help="skformer methods: also sample each fitted model with its bounds kept "
+                         "by S (rows with config +support=S, same training; a model that "
+                         "learnt a box keeps it)")
     ap.add_argument("--checkpoint-dir", default=None, metavar="DIR",
                     help="skformer methods save their training state in DIR every minute, and "
                          "a fit cut off (a killed run, a session's end) resumes from it when "
@@ -360,16 +365,20 @@ def _score_row(runner, trained, task, target, k, args, seed, want_log_prob) -> d
     return row
 
 
-def _other_steps(trained, runner, task, pending, args, seed, base, config, record,
-                 done) -> None:
-    """Score the same fitted skformer model with other solver step counts (``--also-steps``):
-    rows of config ``<config>+sampling_steps=N``, the training columns copied."""
+def _other_settings(trained, runner, task, pending, args, seed, base, config, record,
+                    done) -> None:
+    """Score the same fitted skformer model with other solver step counts (``--also-steps``)
+    and other ways of keeping its bounds (``--also-support``): rows of config
+    ``<config>+sampling_steps=N`` / ``<config>+support=S``, the training columns copied."""
     est = trained.model
-    default = est.sampling_steps
+    variants = ([("sampling_steps", n) for n in args.also_steps]
+                + [("support", s) for s in getattr(args, "also_support", [])])
+    defaults = est.get_params()
     try:
-        for steps in args.also_steps:
-            cfg = f"{config}+sampling_steps={steps}"
-            est.set_params(sampling_steps=steps)
+        for name, value in variants:
+            cfg = f"{config}+{name}={value}"
+            est.set_params(**{"sampling_steps": defaults["sampling_steps"],  # one change
+                              "support": defaults["support"], name: value})  # at a time
             base["config"] = cfg
             for t, k in pending:
                 if tuple(str(v) for v in (base["task"], t, base["budget"], base["method"], k,
@@ -385,7 +394,7 @@ def _other_steps(trained, runner, task, pending, args, seed, base, config, recor
                 record(t, k, train_s=trained.train_s, epochs=trained.epochs, peak_rss_mb=rss,
                        peak_gpu_mb=gpu, **fields)
     finally:
-        est.set_params(sampling_steps=default)
+        est.set_params(sampling_steps=defaults["sampling_steps"], support=defaults["support"])
         base["config"] = config
 
 
@@ -500,9 +509,10 @@ def _run(args: argparse.Namespace) -> Path:
                         rss, gpu = _peak_memory()
                         record(t, k, train_s=trained.train_s, epochs=trained.epochs,
                                peak_rss_mb=rss, peak_gpu_mb=gpu, **fields)
-                    if args.also_steps and method.startswith("skformer"):
-                        _other_steps(trained, runner, task, pending, args, seed, base, config,
-                                     record, done)
+                    if ((args.also_steps or getattr(args, "also_support", []))
+                            and method.startswith("skformer")):
+                        _other_settings(trained, runner, task, pending, args, seed, base,
+                                        config, record, done)
                     del trained
     if args.report:
         from harness.report import write_report
