@@ -155,7 +155,10 @@ class SimformerEstimator(DensityMixin, BaseEstimator):
         reflected back in at the edge they crossed instead of redrawn (where the network
         smoothed a cut edge, the mass it spilled over belongs just inside); a log density is
         that of the folded samples, the model's at the point plus at its mirror images across
-        the edges near it, and integrates to one without renormalising.
+        the edges near it, and integrates to one without renormalising. It wins where a
+        posterior piles against an edge (more than "transform", with no refit) and loses
+        where the prior's edge cuts through a posterior that would go on (two_moons
+        observation 5), so it is an opt-in too.
     tokens : {"column", "variable", "auto"} or int, default="column"
         How columns are grouped for the Transformer's middle blocks: one token per scalar
         column (the Simformer paper's choice), one per variable, each variable cut into tokens
