@@ -1,5 +1,6 @@
 """Resumable fits: ``training_options={"checkpoint_dir": ...}``."""
 
+import copy
 import os
 import pickle
 
@@ -141,6 +142,13 @@ def test_saving_changes_nothing_and_every_fit_has_its_own_file(data, reference, 
     b[200, 3] = True
     assert repr(a) == repr(b)
     assert small(condition_masks=a)._identity() != small(condition_masks=b)._identity()
+    # a design constant that no parameter sets (here: attention heads that keep the edges)
+    other = copy.deepcopy(reference.model_)
+    for block in other.network.modules():
+        if hasattr(block, "edge_heads"):
+            block.edge_heads = 1
+    assert other.describe() != reference.model_.describe()
+    assert small()._identity(other) != small()._identity(reference.model_)
     # how to run it (verbosity, threads, the interval) is not what makes the fit
     est = small(tmp_path, verbose=1, n_threads=1, device=device)
     est.set_params(training_options={"ema_decay": "auto", "checkpoint_dir": str(tmp_path),
