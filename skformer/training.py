@@ -126,10 +126,6 @@ class TrainResult:
     """Training rows this process trained on (its share, under data-parallel)."""
     seconds: float = 0.0
     """Wall time of the training loop, over every process of a resumed fit."""
-    resumed_epoch: int = 0
-    """The epoch this run resumed at from a checkpoint (0: it started afresh)."""
-    earlier_seconds: float = 0.0
-    """Of :attr:`seconds`, those of the processes before this one (a resumed fit)."""
 
 
 EXPLOSION = 10.0
@@ -295,8 +291,8 @@ def train(
         since_best = saved["since_best"]
         first_loss = torch.tensor(saved["first_loss"], device=device)
         earlier_seconds = saved["seconds"]
-        result = TrainResult(**{**saved["result"], "resumed_epoch": start_epoch,
-                                "earlier_seconds": earlier_seconds})
+        known = {f.name for f in dataclasses.fields(TrainResult)}
+        result = TrainResult(**{k: v for k, v in saved["result"].items() if k in known})
 
     def snapshot(epoch: int) -> dict:
         """Everything the loop needs to go on at ``epoch`` (saved as it is, no copies)."""
