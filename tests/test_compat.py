@@ -29,8 +29,7 @@ def test_seed_tutorial(cls, tmp_path, device):
     theta_o = torch.zeros(num_dims)
     x_o = simulator(theta_o)
 
-    inference = cls(random_state=0, device=str(device), training_options={"validation_rows": 1024},
-                    **TINY)
+    inference = cls(random_state=0, device=str(device), **TINY)  # 1,024 validation rows
     inference.append_simulations(inputs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
