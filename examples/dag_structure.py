@@ -102,9 +102,9 @@ def slcp_structure() -> None:
     thread) is benchmarks/harness's ``--tasks slcp --dag moral --exchangeable
     --network-option EDGE_HEADS=2 --max-epochs 1000``: C2ST 0.652 over 3 seeds (0.642 without
     early stopping, 0.687 at the default 400 epochs), against 0.772 for the default without
-    structure (3 seeds, 400 epochs, docs/speed.md); with 6 layers (``n_layers=6``) and no early stopping 0.609 at
-    one seed (seeds 1-2 running). docs/missing_data.md, "Declared structure at 10,000
-    simulations", has every figure."""
+    structure (3 seeds, 400 epochs, docs/speed.md); with 6 layers (``n_layers=6``) and no
+    early stopping 0.609 at one seed (seeds 1-2 running). docs/missing_data.md, "Declared
+    structure at 10,000 simulations", has every figure."""
     names = ["theta", "x1", "x2", "x3", "x4"]
     dag = DAG({x: ["theta"] for x in names[1:]}, heads=2)
     est = SimformerEstimator(variables={"theta": 5, "x1": 2, "x2": 2, "x3": 2, "x4": 2},
