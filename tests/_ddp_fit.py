@@ -18,8 +18,8 @@ from _data import TINY, seed_task  # noqa: E402
 torch.set_num_threads(1)
 out = Path(sys.argv[1])
 # plumbing, not accuracy: a small validation set (what is checked is that the ranks agree)
-est = SimformerEstimator(max_epochs=3, random_state=0, device="cpu",
-                         **{**TINY, "training_options": {"validation_rows": 128}})
+est = SimformerEstimator(**dict(TINY, max_epochs=3, random_state=0, device="cpu",
+                              training_options={"validation_rows": 128}))
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     est.fit(seed_task(1000))

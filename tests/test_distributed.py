@@ -111,9 +111,9 @@ def test_grid_search_over_a_local_dask_cluster_matches_a_local_search():
     # plumbing, not accuracy: the smallest validation set, a short log-density path and no
     # refit (best_params_ is set without one) keep the work small; what is compared is whether
     # the two clusters agree
-    est = SimformerEstimator(max_epochs=2, random_state=0, device="cpu", n_threads=1,
-                             log_prob_steps=4,
-                             **{**TINY, "training_options": {"validation_rows": 1}})
+    est = SimformerEstimator(**dict(TINY, max_epochs=2, random_state=0, device="cpu",
+                                    n_threads=1, log_prob_steps=4,
+                                    training_options={"validation_rows": 1}))
     grid = {"learning_rate": [1e-3, 3e-3]}
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=None) as cluster, Client(cluster) as client:

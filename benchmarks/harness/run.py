@@ -372,7 +372,7 @@ def _other_settings(trained, runner, task, pending, args, seed, base, config, re
     ``<config>+sampling_steps=N`` / ``<config>+support=S``, the training columns copied."""
     est = trained.model
     variants = ([("sampling_steps", n) for n in args.also_steps]
-                + [("support", s) for s in getattr(args, "also_support", [])])
+                + [("support", s) for s in args.also_support])
     defaults = est.get_params()
     try:
         for name, value in variants:
@@ -509,8 +509,7 @@ def _run(args: argparse.Namespace) -> Path:
                         rss, gpu = _peak_memory()
                         record(t, k, train_s=trained.train_s, epochs=trained.epochs,
                                peak_rss_mb=rss, peak_gpu_mb=gpu, **fields)
-                    if ((args.also_steps or getattr(args, "also_support", []))
-                            and method.startswith("skformer")):
+                    if (args.also_steps or args.also_support) and method.startswith("skformer"):
                         _other_settings(trained, runner, task, pending, args, seed, base,
                                         config, record, done)
                     del trained
