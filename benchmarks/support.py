@@ -21,7 +21,10 @@ three copies of the simulations in which each theta column is, at random, kept, 
 or reflected at 1 (1/3 each). Inside the box the augmented joint is the true one (times a
 constant) and it is continuous across the edges, so the truncated conditionals are exact
 there and no edge is left for the network to smooth; the price is a posterior with 9 modes,
-of which one is inside. ``fold`` (a screen of a sampling rule, not a skformer option): the
+of which one is inside. ``reflected`` (a screen, not a skformer option;
+``reflected_sde.py``): the score model trained under a forward process reflected at the
+box's edges and sampled in the unfolded coordinate, its samples folded in at the end.
+``fold`` (a screen of a sampling rule, not a skformer option): the
 ``truncate`` fit, its samples drawn without the bounds and those outside folded back in
 (reflected at the edge they crossed) instead of redrawn: where the network smoothed a cut
 edge, the mass it spilled over the edge belongs just inside it. The same fit's truncated
@@ -50,7 +53,7 @@ from rows import read as read_rows  # noqa: E402
 
 NOISE = 0.05
 OBSERVATIONS = {1: np.array([0.02, 0.02]), 2: np.array([0.02, 0.5]), 3: np.array([0.5, 0.99])}
-SETTINGS = ("transform", "truncate", "npe", "reflect", "fold")
+SETTINGS = ("transform", "truncate", "npe", "reflect", "fold", "reflected")
 COLUMNS = ["setting", "budget", "seed", "observation", "c2st", "edge_share", "exact_share",
            "outside", "train_s", "epochs", "machine"]
 
@@ -97,7 +100,12 @@ def run_one(setting: str, budget: int, seed: int) -> list[dict]:
         support, X = "truncate", reflected(X, 3, seed)
     if setting == "fold":
         support = "truncate"
-    est = SimformerEstimator(variables=[2, 2], bounds={"v0": (0.0, 1.0)}, support=support,
+    estimator = SimformerEstimator
+    if setting == "reflected":
+        from reflected_sde import ReflectedEstimator
+
+        support, estimator = "fold", ReflectedEstimator
+    est = estimator(variables=[2, 2], bounds={"v0": (0.0, 1.0)}, support=support,
                              random_state=seed, device="cpu", n_threads=1)
     start = time.perf_counter()
     with warnings.catch_warnings():

@@ -692,3 +692,33 @@ def test_tasks_declare_their_structure_and_the_harness_fits_with_it():
     assert est.edge_masks == DAG({1: [0]}, inversion="moral") and est.variables == [3, 3]
     with pytest.raises(ValueError, match="no exchangeable variables"):
         fit_skformer(seed, theta, x, 0, exchangeable=True, **QUICK_SKFORMER)
+
+
+def test_reflected_screen_targets_the_folded_kernels_score():
+    """benchmarks/reflected_sde.py (a screen): ``fold`` reflects into the box with the slope
+    of the map, and ``reflected_step`` is sigma^2 times the derivative of the log density of
+    the folded kernel (a sum over many images, differentiated numerically), 0 at an edge."""
+    import torch
+
+    from reflected_sde import fold, reflected_step
+
+    low, high = torch.tensor([0.0, -np.inf]), torch.tensor([1.0, np.inf])
+    x, slope = fold(torch.tensor([[-0.25, 5.0], [1.25, -7.0], [2.25, 0.0]]), low, high)
+    assert torch.allclose(x, torch.tensor([[0.25, 5.0], [0.75, -7.0], [0.25, 0.0]]))
+    assert slope.tolist() == [[-1.0, 1.0], [-1.0, 1.0], [1.0, 1.0]]
+
+    def log_kernel(x, x0, sigma):  # images x + 2k and -x + 2k of a point of [0, 1]
+        k = np.arange(-400, 401)
+        ys = np.concatenate([x + 2 * k, -x + 2 * k])
+        return np.log(np.exp(-((ys - x0) ** 2) / (2 * sigma**2)).sum())
+
+    h = 1e-5
+    for x_, x0, sigma in [(0.3, 0.1, 0.05), (0.02, 0.05, 0.1), (0.9, 0.2, 0.7), (0.5, 0.4, 3.0),
+                          (0.0, 0.3, 0.4)]:
+        numeric = sigma**2 * (log_kernel(x_ + h, x0, sigma) - log_kernel(x_ - h, x0, sigma)) / (
+            2 * h)
+        got = reflected_step(torch.tensor([[x_, 0.0]], dtype=torch.float64),
+                             torch.tensor([[x0, 0.0]], dtype=torch.float64),
+                             torch.tensor([sigma], dtype=torch.float64), low, high)
+        assert abs(float(got[0, 0]) - numeric) < 1e-6 * max(1.0, abs(numeric)), (x_, numeric)
+        assert float(got[0, 1]) == 0.0  # no box: the caller's plain step
