@@ -699,7 +699,6 @@ def test_reflected_screen_targets_the_folded_kernels_score():
     of the map, and ``reflected_step`` is sigma^2 times the derivative of the log density of
     the folded kernel (a sum over many images, differentiated numerically), 0 at an edge."""
     import torch
-
     from reflected_sde import fold, reflected_step
 
     low, high = torch.tensor([0.0, -np.inf]), torch.tensor([1.0, np.inf])
