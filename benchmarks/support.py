@@ -21,10 +21,10 @@ three copies of the simulations in which each theta column is, at random, kept, 
 or reflected at 1 (1/3 each). Inside the box the augmented joint is the true one (times a
 constant) and it is continuous across the edges, so the truncated conditionals are exact
 there and no edge is left for the network to smooth; the price is a posterior with 9 modes,
-of which one is inside. ``reflected`` (a screen, not a skformer option;
-``reflected_sde.py``): the score model trained under a forward process reflected at the
-box's edges and sampled in the unfolded coordinate, its samples folded in at the end.
-``fold`` (a screen of a sampling rule, not a skformer option): the
+of which one is inside. ``reflected`` (a screen, not a skformer option; Lou & Ermon's
+reflected diffusion, ICML 2023): the score model trained under a forward process reflected at
+the box's edges (:class:`ReflectedScore`) and sampled in the unfolded coordinate, its samples
+folded in at the end. ``fold`` (a screen of a sampling rule, not a skformer option): the
 ``truncate`` fit, its samples drawn without the bounds and those outside folded back in
 (reflected at the edge they crossed) instead of redrawn: where the network smoothed a cut
 edge, the mass it spilled over the edge belongs just inside it. The same fit's truncated
@@ -37,6 +37,7 @@ samples are written too, as setting "truncate (fold's fit)".
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 import warnings
@@ -48,8 +49,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
+import torch  # noqa: E402
 from rows import append as append_row  # noqa: E402
 from rows import read as read_rows  # noqa: E402
+
+from skformer import SimformerEstimator  # noqa: E402
+from skformer.conditional import resolve_bounds  # noqa: E402
+from skformer.dynamics.base import _fixed, masked_mean  # noqa: E402
+from skformer.dynamics.score import ScoreDynamics  # noqa: E402
 
 NOISE = 0.05
 OBSERVATIONS = {1: np.array([0.02, 0.02]), 2: np.array([0.02, 0.5]), 3: np.array([0.5, 0.99])}
@@ -85,10 +92,7 @@ def edge_share(samples: np.ndarray, x_o: np.ndarray) -> float:
 
 
 def run_one(setting: str, budget: int, seed: int) -> list[dict]:
-    import torch
-
     import skformer.model
-    from skformer import SimformerEstimator
 
     torch.set_num_threads(1)
     if setting == "npe":
@@ -102,11 +106,9 @@ def run_one(setting: str, budget: int, seed: int) -> list[dict]:
         support = "truncate"
     estimator = SimformerEstimator
     if setting == "reflected":
-        from reflected_sde import ReflectedEstimator
-
         support, estimator = "fold", ReflectedEstimator
     est = estimator(variables=[2, 2], bounds={"v0": (0.0, 1.0)}, support=support,
-                             random_state=seed, device="cpu", n_threads=1)
+                    random_state=seed, device="cpu", n_threads=1)
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -132,6 +134,133 @@ def run_one(setting: str, budget: int, seed: int) -> list[dict]:
     for row, share in zip(rows, spilled, strict=True):
         row["outside"] = share  # for fold: the share of values folded back in
     return truncated + rows
+
+
+
+# --------------------------------------------------------------------------- reflected
+# The ``reflected`` setting. A bounded column's noisy value is the clean one plus noise, folded
+# back into the column's box (reflected Brownian motion), so its density at every noise level
+# lives on the box and is flat across the edges.
+# - Training: ``y = x0 + sigma eps`` folded to ``x = fold(y)``; the target is the score of the
+#   folded kernel, the sum over every pre-image ``y_k`` of ``x`` (its translates by twice the
+#   box's width, and their mirrors) of ``N(y_k; x0, sigma^2)``.
+# - Sampling: the unchanged solvers run in the unfolded coordinate ``y``, whose density is the
+#   box's extended by reflection; the denoiser at ``y`` is the network's at ``fold(y)``, its
+#   step turned by the fold's slope: ``D(y) = y + J(y) (D(fold y) - fold y)``. The samples are
+#   folded at the end (``support="fold"``). Score method, VE SDE, sampling only.
+MAX_IMAGES = 400
+"""At most this many pre-images on each side of a folded value in the kernel's sum; the sum
+keeps enough to cover 6 standard deviations of the batch's widest noise."""
+
+
+def fold_with_slope(y: torch.Tensor, low: torch.Tensor, high: torch.Tensor):
+    """``(fold(y), slope)``: ``y`` reflected into ``[low, high]`` per column (columns whose
+    bounds are infinite pass through, slope 1)."""
+    boxed = torch.isfinite(low) & torch.isfinite(high)
+    if not bool(boxed.any()):
+        return y, torch.ones_like(y)
+    lo = torch.where(boxed, low, 0.0).to(y.dtype)
+    width = torch.where(boxed, high - low, 1.0).to(y.dtype)
+    u = torch.remainder(y - lo, 2 * width)
+    x = torch.where(boxed, lo + width - (u - width).abs(), y)
+    slope = torch.where(boxed & (u > width), -1.0, 1.0).to(y.dtype)
+    return x, slope
+
+
+def reflected_step(x: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor,
+                   low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """``sigma^2`` times the score at ``x`` (in the box) of the folded kernel started at
+    ``x0``, per entry; 0 where a column has no box (the caller uses ``x0 - x`` there)."""
+    boxed = torch.isfinite(low) & torch.isfinite(high)
+    lo = torch.where(boxed, low, 0.0).to(x.dtype)
+    width = torch.where(boxed, high - low, 1.0).to(x.dtype)
+    narrowest = float(width[boxed].min()) if bool(boxed.any()) else 1.0
+    images = min(MAX_IMAGES, math.ceil(6 * float(sigma.max()) / (2 * narrowest)) + 2)
+    k = torch.arange(-images, images + 1, device=x.device, dtype=x.dtype)
+    shift = 2 * width[..., None] * k  # (..., columns, images)
+    ys = torch.cat([x[..., None] + shift, (2 * lo - x)[..., None] + shift], -1)
+    slopes = torch.cat([torch.ones_like(k), -torch.ones_like(k)])
+    s2 = (sigma**2)[:, None, None]
+    logw = -((ys - x0[..., None]) ** 2) / (2 * s2)
+    w = torch.softmax(logw, -1)
+    return torch.where(boxed, (w * slopes * (x0[..., None] - ys)).sum(-1), 0.0)
+
+
+class ReflectedScore(ScoreDynamics):
+    """:class:`~skformer.dynamics.ScoreDynamics` (VE) whose bounded columns diffuse reflected
+    in their box; ``low`` / ``high`` (standard units, one per column, infinite where none) are
+    set once the model's standardiser is known.
+
+    A reflected value stays in its box however large the noise, so EDM's preconditioning
+    (inputs scaled by ``1 / sigma``, a denoiser that tends to the mean) does not fit it: on a
+    bounded column the network reads ``x / sqrt(1 + min(sigma^2, w^2 / 12))`` (``w`` the box's
+    width) and predicts ``sigma^2`` times the score divided by ``c = sigma exp(-(pi sigma /
+    w)^2 / 2)`` (at least ``sigma / 1000``), which keeps the target near unit size at every
+    noise level: ``D = x + c F``. Unbounded columns
+    keep EDM's."""
+
+    low: torch.Tensor | None = None
+    high: torch.Tensor | None = None
+
+    def _box(self, like: torch.Tensor):
+        low, high = self.low.to(like.device), self.high.to(like.device)
+        return low, high, torch.isfinite(low) & torch.isfinite(high)
+
+    def _inputs(self, x, sigma, fixed, low, high, boxed):
+        """The network's input and noise level, EDM's ``c_skip`` and ``c_out``, and the bounded
+        columns' output scale."""
+        c_skip, c_out, c_in, c_noise = self.preconditioning(sigma)
+        width = torch.where(boxed, high - low, 1.0)
+        s = sigma[:, None]
+        c_box = torch.rsqrt(1 + torch.minimum(s**2, width**2 / 12))  # a uniform's variance
+        x_in = torch.where(boxed, x * c_box, x * c_in[:, None])
+        # sigma times the score fades like the box's first cosine mode once the noise is as
+        # wide as the box: scale the target by it, so that it stays of unit size
+        fade = torch.exp(-((math.pi * s / width) ** 2) / 2).clamp(min=1e-3)
+        return torch.where(fixed, x, x_in), c_skip, c_out, c_noise, s * fade
+
+    def loss(self, net, x0, observed, edges, sigma, eps):
+        low, high, boxed = self._box(x0)
+        fixed = _fixed(observed)
+        y = x0 + sigma[:, None] * eps
+        x, _ = fold_with_slope(y, low, high)
+        x = torch.where(fixed, x0, x)
+        x_in, _, _, c_noise, c_box = self._inputs(x, sigma, fixed, low, high, boxed)
+        target = torch.where(boxed, reflected_step(x, x0, sigma, low, high) / c_box,
+                             self.target(x0, eps, sigma))
+        out = net(x_in, c_noise, observed, edges)
+        return masked_mean((out - target) ** 2, ~fixed)
+
+    def denoise(self, net, y, sigma, observed, edges):
+        low, high, boxed = self._box(y)
+        fixed = _fixed(observed)
+        x, slope = fold_with_slope(y, low, high)
+        x = torch.where(fixed, y, x)
+        x_in, c_skip, c_out, c_noise, c_box = self._inputs(x, sigma, fixed, low, high, boxed)
+        out = net(x_in, c_noise, observed, edges)
+        d = torch.where(boxed, y + slope * c_box * out,
+                        c_skip[:, None] * y + c_out[:, None] * out)
+        return torch.where(fixed, y, d)
+
+
+class ReflectedEstimator(SimformerEstimator):
+    """The estimator with :class:`ReflectedScore` for ``method="score"`` (VE): give it
+    ``bounds`` and ``support="fold"``."""
+
+    def _make_dynamics(self):
+        dynamics = super()._make_dynamics()
+        if not isinstance(dynamics, ScoreDynamics) or dynamics.sde != "ve":
+            raise ValueError("the reflected screen needs method='score' with the VE SDE.")
+        return ReflectedScore(**dynamics.config())
+
+    def _build_model(self, X, layout, seeds, positions=None):
+        model = super()._build_model(X, layout, seeds, positions)
+        box = torch.tensor([[-math.inf], [math.inf]], dtype=torch.float64).repeat(
+            1, layout.n_columns)  # rows: low, high; no bound where none is given
+        for c, bound in resolve_bounds(self.bounds, layout).items():
+            box[:, c] = torch.tensor(bound)
+        model.dynamics.low, model.dynamics.high = model.standardiser(box).float()  # std units
+        return model
 
 
 def fold(samples: np.ndarray, low: float, high: float) -> np.ndarray:

@@ -695,14 +695,16 @@ def test_tasks_declare_their_structure_and_the_harness_fits_with_it():
 
 
 def test_reflected_screen_targets_the_folded_kernels_score():
-    """benchmarks/reflected_sde.py (a screen): ``fold`` reflects into the box with the slope
-    of the map, and ``reflected_step`` is sigma^2 times the derivative of the log density of
-    the folded kernel (a sum over many images, differentiated numerically), 0 at an edge."""
+    """benchmarks/support.py's ``reflected`` screen: ``fold_with_slope`` reflects into the box
+    with the slope of the map, and ``reflected_step`` is sigma^2 times the derivative of the
+    log density of the folded kernel (a sum over many images, differentiated numerically), 0
+    at an edge."""
     import torch
-    from reflected_sde import fold, reflected_step
+    from support import fold_with_slope, reflected_step
 
     low, high = torch.tensor([0.0, -np.inf]), torch.tensor([1.0, np.inf])
-    x, slope = fold(torch.tensor([[-0.25, 5.0], [1.25, -7.0], [2.25, 0.0]]), low, high)
+    x, slope = fold_with_slope(torch.tensor([[-0.25, 5.0], [1.25, -7.0], [2.25, 0.0]]), low,
+                               high)
     assert torch.allclose(x, torch.tensor([[0.25, 5.0], [0.75, -7.0], [0.25, 0.0]]))
     assert slope.tolist() == [[-1.0, 1.0], [-1.0, 1.0], [1.0, 1.0]]
 

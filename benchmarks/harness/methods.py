@@ -139,16 +139,11 @@ def fit_skformer(task: Task, theta, x, seed: int, variables: str = "task",
     training entries to NaN; ``dag`` gives the task's DAG as ``edge_masks`` and
     ``exchangeable`` its exchangeable variables (either fits the variables of the task's
     structure). Running out of epochs is not an error here: the ``epochs`` column records
-    it. ``reflected=True`` (a screen, ``--skformer reflected=true``): the score model of
-    ``benchmarks/reflected_sde.py``, trained under a forward process reflected at the bounds'
-    edges (give it ``bounds`` and ``support="fold"``)."""
+    it."""
     from sklearn.exceptions import ConvergenceWarning
 
     from skformer import SimformerEstimator
     from skformer.graph import DAG
-
-    if kwargs.pop("reflected", False):
-        from reflected_sde import ReflectedEstimator as SimformerEstimator  # noqa: N813
 
     if kwargs.get("bounds") == "prior":  # --skformer bounds=prior: the prior's box, if any
         kwargs["bounds"] = prior_bounds(task)
